@@ -1,0 +1,57 @@
+# cnncourse: `make book` builds the book, `make test` runs everything. Both install first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+JB_FLAGS := -W -n --keep-going
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+
+.PHONY: install book book-instructor test unit nbval labs lab clean book-labs
+
+install: $(STAMP)
+
+# Reinstall only when pyproject.toml changes; the stamp records the last successful install.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e ".[all]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cnncourse)" >/dev/null
+	@touch $(STAMP)
+
+# Student versions of the labs, for the published book (never the solutions).
+book-labs: install
+	@rm -rf book/labs
+	$(BIN)/python -m cnncourse assign labs/ --out book/labs
+
+book: book-labs
+	$(BIN)/jupyter-book build . $(JB_FLAGS)
+	@echo "Book built: open _build/html/index.html"
+
+# Instructor edition: the executed source labs, solutions included. Never publish it.
+book-instructor: install
+	@rm -rf book/labs
+	@mkdir -p book/labs && cp labs/*.ipynb book/labs/
+	$(BIN)/jupyter-book build . $(JB_FLAGS) --path-output _build/instructor --config _config_instructor.yml
+	@rm -rf book/labs
+	@echo "Instructor edition built: _build/instructor/_build/html/index.html"
+
+unit: install
+	$(BIN)/python -m pytest tests -m "not book" -q
+
+nbval: install
+	$(BIN)/python -m pytest --nbval-lax labs/ -q -p no:cacheprovider
+
+test: unit nbval book
+	$(BIN)/python -m pytest tests -m book -q
+
+labs: install
+	$(BIN)/python -m cnncourse assign labs/ --out release/
+
+lab: install
+	$(BIN)/jupyter lab labs/
+
+clean:
+	rm -rf _build release book/labs .pytest_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

@@ -1,0 +1,7 @@
+"""``python -m cnncourse``: see :mod:`cnncourse.cli`."""
+
+import sys
+
+from cnncourse.cli import main
+
+sys.exit(main())

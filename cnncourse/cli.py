@@ -1,0 +1,108 @@
+"""Command line: ``python -m cnncourse {data,train,assign,...}``.
+
+Each subcommand is a small function that parses nothing itself; ``main`` builds the parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from cnncourse import data
+
+    ok = True
+    print(f"{'dataset':<14} {'split':<6} {'status':<9} location")
+    for name in data.dataset_names():
+        for split in ("train", "test"):
+            try:
+                ds = data.load_dataset(name, split, root=args.root, download=False)
+                where = next(r for r in data.candidate_roots(args.root)
+                             if (r / data._SPECS[name].folder / "raw").is_dir())
+                print(f"{name:<14} {split:<6} {'verified':<9} {where} ({len(ds)} images, SHA-256 ok)")
+            except data.DatasetNotFoundError:
+                ok = False
+                print(f"{name:<14} {split:<6} {'missing':<9} looked in: "
+                      + ", ".join(str(r) for r in data.candidate_roots(args.root)))
+            except data.CorruptDatasetError as exc:
+                ok = False
+                print(f"{name:<14} {split:<6} {'CORRUPT':<9} {exc}")
+    if not ok:
+        print(f"\nSet {data.ENV_VAR} to a folder with MNIST/raw and FashionMNIST/raw, or run online to download.")
+    return 0 if ok else 1
+
+
+def _cmd_assign(args: argparse.Namespace) -> int:
+    from cnncourse.grading.release import MarkerError, release
+
+    try:
+        written = release(args.sources, args.out)
+    except (MarkerError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for p in written:
+        print(f"released {p}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cnncourse import models, train
+    from cnncourse.data import load_dataset, pad_to
+
+    model = models.get_model(args.model, **dict(kv.split("=", 1) for kv in args.model_arg))
+    tr, te = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
+    if args.train_size:
+        tr = tr.take(args.train_size, seed=args.seed)
+    transform = pad_to(args.pad_to) if args.pad_to else None
+    hist = train.fit(model, tr, te, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
+                     batch_size=args.batch_size, seed=args.seed, transform=transform,
+                     progress=not args.no_progress)
+    print(hist)
+    print(f"final test accuracy: {hist.last['val_acc']:.4f}")
+    if args.out:
+        train.save_checkpoint(args.out, model, model=args.model, dataset=args.dataset, epochs=args.epochs,
+                              seed=args.seed, test_accuracy=hist.last["val_acc"])
+        print(f"saved {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m cnncourse`` argument parser."""
+    p = argparse.ArgumentParser(prog="python -m cnncourse", description="cnncourse: an open course on CNNs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="find and verify the datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    check = dsub.add_parser("check", help="list which datasets are found where, with checksums")
+    check.add_argument("--root", default=None, help="a data folder to search first")
+    check.set_defaults(func=_cmd_data_check)
+
+    a = sub.add_parser("assign", help="release student versions of source labs")
+    a.add_argument("sources", nargs="+", help="source notebooks or folders of them")
+    a.add_argument("--out", required=True, help="folder for the student notebooks")
+    a.set_defaults(func=_cmd_assign)
+
+    t = sub.add_parser("train", help="train a registered model and save a checkpoint")
+    t.add_argument("model", help="a name from cnncourse.models.list_models()")
+    t.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--train-size", type=int, default=None, help="train on a random subset of this size")
+    t.add_argument("--pad-to", type=int, default=None, help="zero-pad inputs, e.g. 32 for the 1998 LeNet-5")
+    t.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="string keyword argument for the model builder (repeatable)")
+    t.add_argument("--out", type=Path, default=None, help="checkpoint path")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m cnncourse``."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)

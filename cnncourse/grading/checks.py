@@ -1,0 +1,58 @@
+"""Public check helpers for lab test cells: a failure says what was expected and what was got."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+
+class CheckFailed(AssertionError):
+    """A lab check failed; the message is written for the student."""
+
+
+def check_shape(actual: Any, expected: Sequence[int], name: str = "result") -> None:
+    """Fail unless ``actual`` is a tensor of shape ``expected``.
+
+    Reference: the ``(N, C, H, W)`` convention of ``torch.nn.Conv2d``.
+    """
+    if not isinstance(actual, torch.Tensor):
+        raise CheckFailed(f"{name}: expected a torch.Tensor of shape {tuple(expected)}, got {type(actual).__name__}")
+    if tuple(actual.shape) != tuple(expected):
+        raise CheckFailed(f"{name}: expected shape {tuple(expected)}, got {tuple(actual.shape)}")
+
+
+def check_dtype(actual: torch.Tensor, expected: torch.dtype, name: str = "result") -> None:
+    """Fail unless ``actual.dtype`` is ``expected``.
+
+    Reference: https://pytorch.org/docs/stable/tensor_attributes.html
+    """
+    if actual.dtype != expected:
+        raise CheckFailed(f"{name}: expected dtype {expected}, got {actual.dtype}")
+
+
+def check_close(actual: Any, expected: Any, name: str = "result", rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Fail unless ``actual`` matches ``expected`` in shape and value within tolerance.
+
+    Reference: ``torch.testing.assert_close``, whose message this extends with ``name``.
+    """
+    expected = torch.as_tensor(expected)
+    if not isinstance(actual, torch.Tensor):
+        raise CheckFailed(f"{name}: expected a torch.Tensor, got {type(actual).__name__}")
+    check_shape(actual, expected.shape, name)
+    actual_c, expected_c = actual.detach().to(torch.float64), expected.detach().to(torch.float64)
+    if not torch.allclose(actual_c, expected_c, rtol=rtol, atol=atol):
+        diff = (actual_c - expected_c).abs()
+        worst = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape)) if diff.dim() else ()
+        raise CheckFailed(
+            f"{name}: values differ; largest difference {diff.max().item():.3g} at index {worst}: "
+            f"expected {expected_c[worst].item():.6g}, got {actual_c[worst].item():.6g}")
+
+
+def check_equal(actual: Any, expected: Any, name: str = "result") -> None:
+    """Fail unless ``actual == expected`` (numbers, strings, tuples).
+
+    Reference: Python's ``==``.
+    """
+    if actual != expected:
+        raise CheckFailed(f"{name}: expected {expected!r}, got {actual!r}")

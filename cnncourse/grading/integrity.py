@@ -1,0 +1,64 @@
+"""Integrity helpers for hidden tests: catch a submission that delegates to a reference.
+
+A lab asks students to *write* an operation. A hidden test wraps its call in
+:func:`forbid`, which replaces the reference implementations with a function that
+fails loudly, so a submission that merely calls ``torch.nn.functional.conv2d`` (or the
+course's own ``cnncourse.functional.conv2d``) fails that question.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Any, Iterator
+
+
+class DelegationError(AssertionError):
+    """Raised when a forbidden reference implementation is called inside :func:`forbid`."""
+
+
+def _resolve(dotted: str) -> tuple[Any, str]:
+    """Split ``"pkg.mod.attr"`` into (the object holding ``attr``, ``"attr"``), importing as needed."""
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:-1]:
+            owner = getattr(owner, name)
+        if not hasattr(owner, parts[-1]):
+            raise ValueError(f"cannot forbid {dotted!r}: {owner!r} has no attribute {parts[-1]!r}")
+        return owner, parts[-1]
+    raise ValueError(f"cannot forbid {dotted!r}: no importable module in that name")
+
+
+@contextlib.contextmanager
+def forbid(*dotted_names: str) -> Iterator[None]:
+    """Make each named function raise :class:`DelegationError` while the block runs.
+
+    Example::
+
+        with forbid("torch.nn.functional.conv2d", "cnncourse.functional.conv2d"):
+            out = student_conv2d(x, w)   # fails if it calls either of them
+
+    The originals are restored on exit, even when the block raises.
+
+    Reference: the standard library's ``unittest.mock.patch``, reduced to one purpose.
+    """
+    saved = []
+    try:
+        for dotted in dotted_names:
+            owner, attr = _resolve(dotted)
+            original = getattr(owner, attr)
+
+            def refuse(*args: Any, _name: str = dotted, **kwargs: Any) -> Any:
+                raise DelegationError(
+                    f"{_name} was called, but this question asks you to implement the operation yourself")
+
+            saved.append((owner, attr, original))
+            setattr(owner, attr, refuse)
+        yield
+    finally:
+        for owner, attr, original in reversed(saved):
+            setattr(owner, attr, original)

@@ -1,0 +1,146 @@
+"""Release student versions of nbgrader-format source labs.
+
+A source lab holds solutions and hidden tests between markers::
+
+    ### BEGIN SOLUTION            ### BEGIN HIDDEN TESTS
+    ...                           ...
+    ### END SOLUTION              ### END HIDDEN TESTS
+
+The student version replaces each solution region with a stub that raises
+``NotImplementedError``, drops hidden tests, and clears every output. An unbalanced or
+nested marker is refused with the cell number, so a typo can never leak a solution.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from cnncourse.io import atomic_write_bytes
+
+BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
+BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+_MARKERS = {BEGIN_SOLUTION: END_SOLUTION, BEGIN_HIDDEN: END_HIDDEN}
+_ALL = set(_MARKERS) | set(_MARKERS.values())
+_TEXT_STUB = "YOUR ANSWER HERE"
+
+
+class MarkerError(ValueError):
+    """A source notebook with unbalanced, nested or misplaced solution/hidden-test markers."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """A marked region: the marker pair's kind and its inclusive line span within one cell."""
+
+    kind: str
+    start: int
+    end: int
+    indent: str
+
+
+def find_regions(source: str, cell_index: int, path: str | os.PathLike = "<notebook>") -> list[Region]:
+    """Locate the marked regions of one cell's source.
+
+    Raises:
+        MarkerError: naming the notebook, the cell number and the line, for a BEGIN
+            without END, an END without BEGIN, or a region opened inside another.
+
+    Reference: nbgrader's marker syntax, https://nbgrader.readthedocs.io/en/stable/user_guide/creating_and_grading_assignments.html
+    """
+    regions, open_kind, open_line, indent = [], None, 0, ""
+    for i, line in enumerate(source.splitlines()):
+        marker = line.strip()
+        if marker not in _ALL:
+            if any(m in line for m in _ALL):
+                raise MarkerError(f"{path}: cell {cell_index}, line {i + 1}: a marker must stand alone on its "
+                                  f"line, got {line.strip()!r}")
+            continue
+        if marker in _MARKERS:
+            if open_kind is not None:
+                raise MarkerError(f"{path}: cell {cell_index}, line {i + 1}: {marker!r} inside an open "
+                                  f"{open_kind!r} (opened on line {open_line + 1})")
+            open_kind, open_line, indent = marker, i, line[: len(line) - len(line.lstrip())]
+        else:
+            if open_kind is None or _MARKERS[open_kind] != marker:
+                expected = _MARKERS[open_kind] if open_kind else "a BEGIN marker first"
+                raise MarkerError(f"{path}: cell {cell_index}, line {i + 1}: unbalanced {marker!r}; "
+                                  f"expected {expected!r}")
+            regions.append(Region(open_kind, open_line, i, indent))
+            open_kind = None
+    if open_kind is not None:
+        raise MarkerError(f"{path}: cell {cell_index}, line {open_line + 1}: {open_kind!r} is never closed "
+                          f"(expected {_MARKERS[open_kind]!r})")
+    return regions
+
+
+def _strip_cell(source: str, cell_type: str, regions: list[Region]) -> str:
+    lines = source.splitlines()
+    out: list[str] = []
+    pos = 0
+    for r in regions:
+        out.extend(lines[pos:r.start])
+        if r.kind == BEGIN_SOLUTION:
+            if cell_type == "code":
+                out.append(f"{r.indent}# YOUR CODE HERE")
+                out.append(f"{r.indent}raise NotImplementedError()")
+            else:
+                out.append(_TEXT_STUB)
+        pos = r.end + 1
+    out.extend(lines[pos:])
+    return "\n".join(out)
+
+
+def student_version(nb: nbformat.NotebookNode, path: str | os.PathLike = "<notebook>") -> nbformat.NotebookNode:
+    """Return the student version of a source notebook (the input is not modified).
+
+    Raises:
+        MarkerError: for any unbalanced marker, naming the cell.
+
+    Reference: nbgrader's ``ClearSolutions``, ``ClearHiddenTests`` and ``ClearOutput`` preprocessors.
+    """
+    nb = copy.deepcopy(nb)
+    for index, cell in enumerate(nb.cells):
+        regions = find_regions(cell.source, index, path)
+        if regions:
+            cell.source = _strip_cell(cell.source, cell.cell_type, regions)
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.metadata.pop("widgets", None)
+    return nb
+
+
+def release(sources: list[str | os.PathLike], out: str | os.PathLike) -> list[Path]:
+    """Write the student version of each source notebook (or of every ``*.ipynb`` in a folder) into ``out``.
+
+    Every notebook is checked before any file is written, so a bad marker in one lab leaves
+    ``out`` untouched. Each file keeps its name and is written atomically.
+
+    Returns:
+        The paths written.
+
+    Reference: ``nbgrader generate_assignment``.
+    """
+    paths: list[Path] = []
+    for src in map(Path, sources):
+        if src.is_dir():
+            paths.extend(sorted(p for p in src.glob("*.ipynb") if not p.name.startswith(".")))
+        elif src.suffix == ".ipynb" and src.is_file():
+            paths.append(src)
+        else:
+            raise FileNotFoundError(f"expected a notebook (.ipynb) or a folder of them, got {src}")
+    released = [(p, student_version(nbformat.read(p, as_version=4), p)) for p in paths]
+    written = []
+    for p, nb in released:
+        target = Path(out) / p.name
+        atomic_write_bytes(target, nbformat.writes(nb).encode() + b"\n")
+        written.append(target)
+    return written
+
+
+SOLUTION_PATTERN = re.compile(r"### (BEGIN|END) (SOLUTION|HIDDEN TESTS)")
