@@ -1,0 +1,29 @@
+"""Shared fixtures. Tests that need MNIST use the folder named by $CNNCOURSE_DATA."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "book: needs the built book in _build/html (run after `make book`)")
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The shared data folder; a missing one is a failure, not a skip (CI must have it)."""
+    root = os.environ.get("CNNCOURSE_DATA")
+    assert root, "set CNNCOURSE_DATA to the folder holding MNIST/raw and FashionMNIST/raw (CI: ../shared/data)"
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def mnist_train(data_root):
+    from cnncourse.data import load_dataset
+
+    return load_dataset("mnist", "train", root=data_root)

@@ -1,0 +1,34 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnncourse.grading import DelegationError, forbid
+
+
+def test_forbid_blocks_and_restores():
+    original = F.conv2d
+    x, w = torch.randn(1, 1, 5, 5), torch.randn(1, 1, 3, 3)
+    with forbid("torch.nn.functional.conv2d"):
+        with pytest.raises(DelegationError, match="torch.nn.functional.conv2d was called"):
+            F.conv2d(x, w)
+        with pytest.raises(DelegationError):
+            torch.nn.Conv2d(1, 1, 3)(x)  # nn.Conv2d goes through F.conv2d too
+    assert F.conv2d is original
+    F.conv2d(x, w)
+
+
+def test_forbid_restores_after_an_exception():
+    original = torch.max_pool2d
+    with pytest.raises(RuntimeError):
+        with forbid("torch.max_pool2d"):
+            raise RuntimeError("student code crashed")
+    assert torch.max_pool2d is original
+
+
+def test_forbid_rejects_unknown_names():
+    with pytest.raises(ValueError, match="has no attribute 'conv9d'"):
+        with forbid("torch.nn.functional.conv9d"):
+            pass
+    with pytest.raises(ValueError, match="no importable module"):
+        with forbid("nosuchpackage.thing"):
+            pass

@@ -1,0 +1,107 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from cnncourse.grading.release import MarkerError, SOLUTION_PATTERN, release, student_version
+
+ROOT = Path(__file__).resolve().parents[1]
+LABS = sorted((ROOT / "labs").glob("*.ipynb"))
+
+
+def _secret_and_public_lines(nb):
+    """Stripped lines inside solution/hidden regions, and the lines outside them."""
+    secret, public = [], set()
+    for cell in nb.cells:
+        inside = False
+        for line in cell.source.splitlines():
+            if SOLUTION_PATTERN.search(line):
+                inside = "BEGIN" in line
+            elif inside:
+                secret.append(line.strip())
+            else:
+                public.add(line.strip())
+    return secret, public
+
+
+@pytest.mark.parametrize("lab", LABS, ids=[p.name for p in LABS])
+def test_student_version_has_no_solution_or_hidden_text(lab, tmp_path):
+    source = nbformat.read(lab, as_version=4)
+    [out] = release([lab], tmp_path)
+    student = out.read_text()
+    assert out.name == lab.name
+    assert "BEGIN SOLUTION" not in student and "HIDDEN TESTS" not in student
+    secret, public = _secret_and_public_lines(source)
+    # A short line such as `return out` may also appear in public code; only lines that
+    # exist solely inside secret regions count as leaks.
+    leaked = {line for line in secret if len(line) > 12 and line not in public and line in student}
+    assert not leaked, f"solution/hidden text leaked into {lab.name}: {sorted(leaked)[:3]}"
+    nb = nbformat.read(out, as_version=4)
+    assert all(c.outputs == [] and c.execution_count is None for c in nb.cells if c.cell_type == "code")
+    assert sum("raise NotImplementedError()" in c.source for c in nb.cells) >= 2
+    tags = nb.cells[0].metadata.get("tags", [])
+    assert "parameters" in tags, f"{lab.name}: the first cell must be tagged 'parameters'"
+
+
+@pytest.mark.parametrize("lab", LABS, ids=[p.name for p in LABS])
+def test_graded_cells_carry_nbgrader_metadata(lab):
+    nb = nbformat.read(lab, as_version=4)
+    graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert graded, f"{lab.name} has no graded cells"
+    ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]
+    assert len(ids) == len(set(ids)), "grade_ids must be unique"
+    for c in graded:
+        meta = c.metadata["nbgrader"]
+        assert {"grade", "solution", "locked", "grade_id", "points", "schema_version"} <= set(meta)
+        assert meta["points"] > 0 and meta["locked"] is True
+
+
+def _nb(*sources):
+    return new_notebook(cells=[new_code_cell(s) for s in sources])
+
+
+def test_stub_keeps_indentation_and_code_outside():
+    nb = _nb("def f(x):\n    y = 1\n    ### BEGIN SOLUTION\n    return x + y\n    ### END SOLUTION\n")
+    out = student_version(nb)
+    assert out.cells[0].source == "def f(x):\n    y = 1\n    # YOUR CODE HERE\n    raise NotImplementedError()"
+    assert "return x + y" in nb.cells[0].source  # the source notebook is not modified
+
+
+def test_hidden_tests_removed_and_markdown_stubbed():
+    nb = _nb("assert f(1) == 2\n### BEGIN HIDDEN TESTS\nassert f(2) == 3\n### END HIDDEN TESTS\nprint('ok')")
+    nb.cells.append(new_markdown_cell("Why?\n### BEGIN SOLUTION\nBecause.\n### END SOLUTION"))
+    out = student_version(nb)
+    assert out.cells[0].source == "assert f(1) == 2\nprint('ok')"
+    assert out.cells[1].source == "Why?\nYOUR ANSWER HERE"
+
+
+@pytest.mark.parametrize("source,message", [
+    ("### BEGIN SOLUTION\nx = 1\n", r"cell 1, line 1: '### BEGIN SOLUTION' is never closed"),
+    ("x = 1\n### END SOLUTION\n", r"cell 1, line 2: unbalanced '### END SOLUTION'"),
+    ("### BEGIN SOLUTION\n### BEGIN HIDDEN TESTS\n", r"cell 1, line 2: '### BEGIN HIDDEN TESTS' inside an open"),
+    ("### BEGIN HIDDEN TESTS\n### END SOLUTION\n", r"expected '### END HIDDEN TESTS'"),
+    ("x = 1  ### BEGIN SOLUTION\n", r"a marker must stand alone on its line"),
+])
+def test_unbalanced_markers_refused_with_cell_number(tmp_path, source, message):
+    nb = _nb("ok = True", source)
+    path = tmp_path / "bad.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(MarkerError, match=message):
+        release([path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written when any notebook is bad
+
+
+def test_assign_cli_releases_a_folder(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cnncourse", "assign", str(ROOT / "labs"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, check=True)
+    assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == [p.name for p in LABS]
+    assert "released" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "cnncourse", "assign", str(tmp_path / "none.txt"), "--out",
+                          str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "expected a notebook" in bad.stderr
+    json.loads((tmp_path / LABS[0].name).read_text())  # valid JSON

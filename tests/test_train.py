@@ -1,0 +1,106 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from cnncourse import train
+from cnncourse.data import pad_to
+
+
+def tiny_cnn(num_classes=10):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(8 * 12 * 12, num_classes))
+
+
+@pytest.fixture(scope="module")
+def small(mnist_train):
+    return mnist_train.take(2000, seed=0), mnist_train.take(500, seed=1)
+
+
+def test_fit_learns_and_records_history(small):
+    tr, va = small
+    model = tiny_cnn()
+    hist = train.fit(model, tr, va, epochs=2, lr=3e-3, batch_size=64, seed=0, progress=False, device="cpu")
+    assert [e["epoch"] for e in hist.epochs] == [1, 2]
+    assert set(hist.last) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
+    assert hist["train_loss"][1] < hist["train_loss"][0]
+    assert hist.last["val_acc"] > 0.8
+    assert "val_acc" in str(hist) and len(hist.as_dicts()) == 2
+    assert hist.plot().axes
+
+
+def test_fit_is_bit_for_bit_repeatable(small):
+    tr, _ = small
+    states = []
+    for _ in range(2):
+        model = tiny_cnn()
+        train.fit(model, tr, epochs=1, batch_size=100, seed=5, progress=False, device="cpu", max_batches=5)
+        states.append(model.state_dict())
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+
+
+def test_sgd_transform_and_scheduler(small):
+    tr, va = small
+    model = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 10))
+    hist = train.fit(model, tr, va, epochs=2, lr=0.05, optimizer="sgd", transform=pad_to(32), progress=False,
+                     scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5), device="cpu")
+    assert hist.last["val_acc"] > 0.6
+    with pytest.raises(ValueError, match="optimizer must be 'adam' or 'sgd', got 'rmsprop'"):
+        train.fit(model, tr, epochs=1, optimizer="rmsprop", progress=False)
+
+
+def test_evaluate_and_predict_keep_mode(small):
+    _, va = small
+    model = tiny_cnn().train()
+    metrics = train.evaluate(model, va, device="cpu")
+    assert set(metrics) == {"loss", "accuracy"} and model.training
+    pred = train.predict(model, va, device="cpu")
+    assert pred.shape == (500,) and pred.dtype == torch.int64
+    x = torch.randn(3, 1, 28, 28)
+    assert train.predict(model, x, device="cpu").shape == (3,)
+    with pytest.raises(ValueError, match=r"expected images of shape \(N, C, H, W\), got \(28, 28\)"):
+        train.predict(model, torch.randn(28, 28), device="cpu")
+
+
+def test_checkpoint_roundtrip_and_mismatch(tmp_path):
+    model = tiny_cnn()
+    path = tmp_path / "ck" / "model.pt"
+    train.save_checkpoint(path, model, epochs=3, note="hello")
+    other = tiny_cnn(10)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.zero_()
+    meta = train.load_checkpoint(path, other)
+    assert meta == {"epochs": 3, "note": "hello"}
+    for a, b in zip(model.parameters(), other.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError) as err:
+        train.load_checkpoint(path, nn.Sequential(nn.Conv2d(1, 8, 5), nn.ReLU(), nn.Linear(3, 3)))
+    msg = str(err.value)
+    assert "missing keys: ['2.bias', '2.weight']" in msg and "unexpected keys: ['4.bias', '4.weight']" in msg
+    with pytest.raises(ValueError, match=r"4.weight: checkpoint \(10, 1152\) vs model \(5, 1152\)"):
+        train.load_checkpoint(path, tiny_cnn(5))
+
+
+def test_failed_write_keeps_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    train.save_checkpoint(path, tiny_cnn(), version=1)
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint(path, tiny_cnn(), version=2)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary left behind
+
+
+def test_pick_device():
+    assert train.pick_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else None
+    if expected:
+        assert train.pick_device().type == "cuda"
+    else:
+        assert train.pick_device().type in {"cpu", "mps"}
