@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cnncourse)" >/dev/null
 	@touch $(STAMP)
 
-# Student versions of the labs, for the published book (never the solutions).
+# Student versions of the labs, for the published book (never the solutions). They are
+# committed too, so that the book's Binder/Colab buttons find them in the repository;
+# tests/test_release.py fails when the committed copies are stale.
 book-labs: install
 	@rm -rf book/labs
 	$(BIN)/python -m cnncourse assign labs/ --out book/labs
@@ -30,12 +32,15 @@ book: book-labs
 	@echo "Book built: open _build/html/index.html"
 
 # Instructor edition: the executed source labs, solutions included. Never publish it.
+# Its config is _config.yml with lab execution switched on, derived here so there is one source.
 book-instructor: install
-	@rm -rf book/labs
-	@mkdir -p book/labs && cp labs/*.ipynb book/labs/
-	$(BIN)/jupyter-book build . $(JB_FLAGS) --path-output _build/instructor --config _config_instructor.yml
-	@rm -rf book/labs
-	@echo "Instructor edition built: _build/instructor/_build/html/index.html"
+	@rm -rf book/labs && mkdir -p book/labs && cp labs/*.ipynb book/labs/
+	sed -e 's|exclude_patterns: \["book/labs/\*"\]|exclude_patterns: []|' \
+	    -e 's|^title: "\(.*\)"|title: "\1 (instructor edition)"|' _config.yml > .instructor_config.yml
+	$(BIN)/jupyter-book build . $(JB_FLAGS) --config .instructor_config.yml --path-output _build/instructor; \
+	  status=$$?; rm -rf book/labs .instructor_config.yml; \
+	  $(BIN)/python -m cnncourse assign labs/ --out book/labs >/dev/null; exit $$status
+	@echo "Instructor edition: _build/instructor/_build/html/index.html"
 
 unit: install
 	$(BIN)/python -m pytest tests -m "not book" -q
@@ -53,5 +58,5 @@ lab: install
 	$(BIN)/jupyter lab labs/
 
 clean:
-	rm -rf _build release book/labs .pytest_cache
+	rm -rf _build release .pytest_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

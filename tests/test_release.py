@@ -105,3 +105,13 @@ def test_assign_cli_releases_a_folder(tmp_path):
                           str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "expected a notebook" in bad.stderr
     json.loads((tmp_path / LABS[0].name).read_text())  # valid JSON
+
+
+def test_committed_student_labs_are_up_to_date():
+    """book/labs/ holds the released labs (the book's launch buttons point there); regenerate with `make book-labs`."""
+    published = ROOT / "book" / "labs"
+    assert sorted(p.name for p in published.glob("*.ipynb")) == [p.name for p in LABS], \
+        "book/labs/ and labs/ list different notebooks: run `make book-labs`"
+    for lab in LABS:
+        expected = nbformat.writes(student_version(nbformat.read(lab, as_version=4), lab)) + "\n"
+        assert (published / lab.name).read_text() == expected, f"book/labs/{lab.name} is stale: run `make book-labs`"
