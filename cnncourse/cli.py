@@ -1,4 +1,4 @@
-"""Command line: ``python -m cnncourse {data,train,assign,...}``.
+"""Command line: ``python -m cnncourse {data,train,assign,pretrain,grade}``.
 
 Each subcommand is a small function that parses nothing itself; ``main`` builds the parser.
 """
@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=None, help="checkpoint path")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_cmd_train)
+
+    from cnncourse import pretrain
+    from cnncourse.grading import cli_grade
+
+    pretrain.add_parser(sub)
+    cli_grade.add_parser(sub)
     return p
 
 

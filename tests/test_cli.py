@@ -8,7 +8,7 @@ def run(*args, **kw):
 
 def test_help_lists_subcommands():
     out = run("--help").stdout
-    for sub in ("data", "train", "assign"):
+    for sub in ("data", "train", "assign", "pretrain", "grade"):
         assert sub in out
 
 

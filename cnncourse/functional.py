@@ -1,0 +1,428 @@
+"""Convolution and pooling written from scratch, mirroring ``torch.nn.functional``.
+
+Every op comes twice: a ``*_naive`` version with explicit Python loops, written to be read,
+and a vectorised version (im2col: the windows unfolded into columns, then one matrix product or one reduction)
+whose backward pass is written by hand in a ``torch.autograd.Function``. Autograd never derives
+the vectorised backwards; it only chains them.
+
+Shapes use fixed letters: input ``(N, C_in, H, W)``, weight ``(C_out, C_in, K_h, K_w)``,
+output ``(N, C_out, H_out, W_out)`` with
+
+    H_out = floor((H + 2 * padding - dilation * (K_h - 1) - 1) / stride) + 1
+
+and the same for ``W_out``. Pooling keeps the channels: output ``(N, C, H_out, W_out)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "avg_pool2d",
+    "avg_pool2d_naive",
+    "conv2d",
+    "conv2d_naive",
+    "conv_output_size",
+    "max_pool2d",
+    "max_pool2d_naive",
+]
+
+IntOrPair = int | tuple[int, int]
+
+
+def _pair(value: IntOrPair, name: str) -> tuple[int, int]:
+    """Turn an int or a pair of ints into a pair, rejecting anything else."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return (value[0], value[1])
+    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def _check_positive(pair: tuple[int, int], name: str) -> None:
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be positive, got {pair}")
+
+
+def _check_non_negative(pair: tuple[int, int], name: str) -> None:
+    if min(pair) < 0:
+        raise ValueError(f"{name} must be non-negative, got {pair}")
+
+
+def _check_rank4(x: Tensor, op: str, what: str, letters: str) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{op} expected {what} to be a torch.Tensor {letters}, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"{op} expected {what} of shape {letters} (4 dimensions), "
+            f"got {x.dim()} dimensions with shape {tuple(x.shape)}"
+        )
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """Length of a convolution or pooling output along one spatial axis.
+
+    ``out = floor((size + 2 * padding - dilation * (kernel - 1) - 1) / stride) + 1``
+
+    Args:
+        size: input length ``H`` (or ``W``).
+        kernel: kernel length ``K_h`` (or ``K_w``).
+        stride: step between neighbouring windows, at least 1.
+        padding: zeros added on each side, at least 0.
+        dilation: spacing between kernel taps, at least 1.
+
+    Returns:
+        ``H_out`` (or ``W_out``), at least 1.
+
+    Raises:
+        ValueError: on a non-positive size, kernel, stride or dilation, a negative padding, or a
+            kernel that spans more than the padded input.
+
+    Reference: https://pytorch.org/docs/stable/generated/torch.nn.Conv2d.html (shape section).
+    """
+    for name, value, low in (("size", size, 1), ("kernel", kernel, 1), ("stride", stride, 1), ("dilation", dilation, 1)):
+        if value < low:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if padding < 0:
+        raise ValueError(f"padding must be non-negative, got {padding}")
+    span = dilation * (kernel - 1) + 1
+    if span > size + 2 * padding:
+        raise ValueError(
+            f"kernel spans {span} pixels (dilation * (kernel - 1) + 1) but the padded input is only "
+            f"{size + 2 * padding} (size + 2 * padding); expected a kernel no larger than the padded input"
+        )
+    return (size + 2 * padding - span) // stride + 1
+
+
+def _conv_args(input, weight, bias, stride, padding, dilation, op):
+    """Validate conv2d arguments and return the normalised pairs and output size."""
+    _check_rank4(input, op, "input", "(N, C_in, H, W)")
+    _check_rank4(weight, op, "weight", "(C_out, C_in, K_h, K_w)")
+    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    _check_positive(stride, "stride")
+    _check_non_negative(padding, "padding")
+    _check_positive(dilation, "dilation")
+    c_out, c_in, k_h, k_w = weight.shape
+    if input.shape[1] != c_in:
+        raise ValueError(
+            f"{op} expected input with C_in={c_in} channels to match weight of shape (C_out, C_in, K_h, K_w)="
+            f"{tuple(weight.shape)}, got input with {input.shape[1]} channels (shape {tuple(input.shape)})"
+        )
+    if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (c_out,)):
+        got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
+        raise ValueError(f"{op} expected bias of shape (C_out,)=({c_out},), got {got}")
+    h, w = input.shape[2:]
+    span = (dilation[0] * (k_h - 1) + 1, dilation[1] * (k_w - 1) + 1)
+    padded = (h + 2 * padding[0], w + 2 * padding[1])
+    if span[0] > padded[0] or span[1] > padded[1]:
+        raise ValueError(
+            f"{op} expected a kernel no larger than the padded input: kernel spans {span} (K_h, K_w with dilation), "
+            f"padded input is {padded} (H + 2 * padding, W + 2 * padding)"
+        )
+    out = ((padded[0] - span[0]) // stride[0] + 1, (padded[1] - span[1]) // stride[1] + 1)
+    return stride, padding, dilation, out
+
+
+def conv2d_naive(
+    input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: IntOrPair = 1, padding: IntOrPair = 0
+) -> Tensor:
+    """2-D cross-correlation with explicit loops over images, filters and output pixels.
+
+    Each output value is the sum of an elementwise product between one filter and the window
+    of the (zero-padded) input under it, plus that filter's bias. Autograd differentiates it.
+
+    Args:
+        input: ``(N, C_in, H, W)``.
+        weight: ``(C_out, C_in, K_h, K_w)``.
+        bias: ``(C_out,)`` or ``None``.
+        stride: int or ``(s_h, s_w)``, at least 1.
+        padding: int or ``(p_h, p_w)`` zeros on each side, at least 0.
+
+    Returns:
+        ``(N, C_out, H_out, W_out)`` with ``H_out = floor((H + 2 p_h - K_h) / s_h) + 1``.
+
+    Reference: https://pytorch.org/docs/stable/generated/torch.nn.functional.conv2d.html
+    """
+    (s_h, s_w), (p_h, p_w), _, (h_out, w_out) = _conv_args(input, weight, bias, stride, padding, 1, "conv2d_naive")
+    n_images, c_out, k_h, k_w = input.shape[0], weight.shape[0], weight.shape[2], weight.shape[3]
+    x = F.pad(input, (p_w, p_w, p_h, p_h))
+    rows = []
+    for n in range(n_images):
+        for k in range(c_out):
+            for i in range(h_out):
+                for j in range(w_out):
+                    window = x[n, :, i * s_h : i * s_h + k_h, j * s_w : j * s_w + k_w]  # (C_in, K_h, K_w)
+                    value = (window * weight[k]).sum()
+                    rows.append(value + bias[k] if bias is not None else value)
+    return torch.stack(rows).reshape(n_images, c_out, h_out, w_out)
+
+
+def _windows(x: Tensor, kernel, stride, padding, dilation, fill: float = 0.0) -> Tensor:
+    """A strided view of every kernel window of ``x``: ``(N, C, H_out, W_out, K_h, K_w)``, no copy."""
+    (k_h, k_w), (s_h, s_w), (p_h, p_w), (d_h, d_w) = kernel, stride, padding, dilation
+    if p_h or p_w:
+        x = F.pad(x, (p_w, p_w, p_h, p_h), value=fill)
+    # a dilated window is a dense window of span d*(k-1)+1, sampled every d pixels
+    windows = x.unfold(2, d_h * (k_h - 1) + 1, s_h).unfold(3, d_w * (k_w - 1) + 1, s_w)
+    return windows[..., ::d_h, ::d_w]
+
+
+def _im2col(x: Tensor, kernel, stride, padding, dilation, fill: float = 0.0) -> Tensor:
+    """Every kernel window as a column, ``(N, C*K_h*K_w, L)``: the layout of ``F.unfold``.
+
+    Built from a ``Tensor.unfold`` view plus one copy; on CPU that is several times faster than
+    ``F.unfold`` itself.
+    """
+    windows = _windows(x, kernel, stride, padding, dilation, fill)
+    n, c, h_out, w_out, k_h, k_w = windows.shape
+    return windows.permute(0, 1, 4, 5, 2, 3).reshape(n, c * k_h * k_w, h_out * w_out)
+
+
+class _Conv2dFunction(torch.autograd.Function):
+    """im2col convolution with an explicit backward (dX by col2im, dW and db by matrix products).
+
+    The windows are laid out as rows, one per output pixel of every image, so the forward and
+    both weight-side gradients are each a single large matrix product.
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, stride, padding, dilation, out_size):
+        windows = _windows(input, weight.shape[2:], stride, padding, dilation)  # (N, C_in, H_out, W_out, K_h, K_w)
+        n, c_in, h_out, w_out, k_h, k_w = windows.shape
+        rows = windows.permute(0, 2, 3, 1, 4, 5).reshape(n * h_out * w_out, c_in * k_h * k_w)  # (N*L, C_in*K_h*K_w)
+        w_mat = weight.reshape(weight.shape[0], -1)  # (C_out, C_in*K_h*K_w)
+        out = rows @ w_mat.t() if bias is None else torch.addmm(bias, rows, w_mat.t())  # (N*L, C_out)
+        ctx.save_for_backward(rows, weight)
+        ctx.conf = (tuple(input.shape), stride, padding, dilation, bias is not None)
+        return out.view(n, h_out, w_out, -1).permute(0, 3, 1, 2).contiguous()  # (N, C_out, H_out, W_out)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        rows, weight = ctx.saved_tensors
+        in_shape, stride, padding, dilation, has_bias = ctx.conf
+        n, c_out = grad_out.shape[:2]
+        g = grad_out.permute(0, 2, 3, 1).reshape(-1, c_out)  # (N*L, C_out), rows in the order of `rows`
+        d_input = d_weight = d_bias = None
+        if ctx.needs_input_grad[0]:
+            d_rows = g @ weight.reshape(c_out, -1)  # (N*L, C_in*K_h*K_w)
+            d_cols = d_rows.view(n, -1, d_rows.shape[1]).transpose(1, 2)  # (N, C_in*K_h*K_w, L)
+            # fold sums the overlapping windows back onto the pixels they came from (col2im)
+            d_input = F.fold(d_cols, in_shape[2:], weight.shape[2:], dilation=dilation, padding=padding, stride=stride)
+        if ctx.needs_input_grad[1]:
+            d_weight = (g.t() @ rows).view(weight.shape)  # sums over images and positions at once
+        if has_bias and ctx.needs_input_grad[2]:
+            d_bias = g.sum(dim=0)
+        return d_input, d_weight, d_bias, None, None, None, None
+
+
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+) -> Tensor:
+    """Vectorised 2-D cross-correlation: unfold the windows into columns (im2col), then one matrix product.
+
+    The backward pass is hand-written: ``dX = fold(W^T dY)``, ``dW = sum_n dY X_cols^T`` and
+    ``db = sum of dY over N, H_out, W_out``.
+
+    Args:
+        input: ``(N, C_in, H, W)``.
+        weight: ``(C_out, C_in, K_h, K_w)``.
+        bias: ``(C_out,)`` or ``None``.
+        stride: int or ``(s_h, s_w)``, at least 1.
+        padding: int or ``(p_h, p_w)`` zeros on each side, at least 0.
+        dilation: int or ``(d_h, d_w)`` spacing between kernel taps, at least 1.
+
+    Returns:
+        ``(N, C_out, H_out, W_out)`` with ``H_out = floor((H + 2 p_h - d_h (K_h - 1) - 1) / s_h) + 1``.
+
+    Raises:
+        ValueError: wrong rank, channel or bias mismatch, kernel larger than the padded input,
+            non-positive stride or dilation, negative padding.
+
+    Reference: K. Chellapilla, S. Puri, P. Simard, "High performance convolutional neural networks
+    for document processing", 2006 (im2col); https://pytorch.org/docs/stable/generated/torch.nn.functional.conv2d.html
+    """
+    stride, padding, dilation, out = _conv_args(input, weight, bias, stride, padding, dilation, "conv2d")
+    return _Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, out)
+
+
+def _pool_args(input, kernel_size, stride, padding, op):
+    """Validate pooling arguments and return normalised pairs and the output size."""
+    _check_rank4(input, op, "input", "(N, C, H, W)")
+    kernel = _pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None else _pair(stride, "stride")
+    padding = _pair(padding, "padding")
+    _check_positive(kernel, "kernel_size")
+    _check_positive(stride, "stride")
+    _check_non_negative(padding, "padding")
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{op} expected padding at most half the kernel size {kernel}, got padding {padding}")
+    h, w = input.shape[2:]
+    padded = (h + 2 * padding[0], w + 2 * padding[1])
+    if kernel[0] > padded[0] or kernel[1] > padded[1]:
+        raise ValueError(
+            f"{op} expected a kernel no larger than the padded input: kernel is {kernel}, "
+            f"padded input is {padded} (H + 2 * padding, W + 2 * padding)"
+        )
+    out = ((padded[0] - kernel[0]) // stride[0] + 1, (padded[1] - kernel[1]) // stride[1] + 1)
+    return kernel, stride, padding, out
+
+
+def _pool_naive(input, kernel_size, stride, padding, op, reduce, fill):
+    (k_h, k_w), (s_h, s_w), (p_h, p_w), (h_out, w_out) = _pool_args(input, kernel_size, stride, padding, op)
+    x = F.pad(input, (p_w, p_w, p_h, p_h), value=fill)
+    values = []
+    for n in range(input.shape[0]):
+        for c in range(input.shape[1]):
+            for i in range(h_out):
+                for j in range(w_out):
+                    values.append(reduce(x[n, c, i * s_h : i * s_h + k_h, j * s_w : j * s_w + k_w]))
+    return torch.stack(values).reshape(input.shape[0], input.shape[1], h_out, w_out)
+
+
+def max_pool2d_naive(
+    input: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
+) -> Tensor:
+    """Max pooling with explicit loops: each output is the largest value in its window.
+
+    Padding is implicit ``-inf``, so a padded position never wins.
+
+    Args:
+        input: ``(N, C, H, W)``.
+        kernel_size: int or ``(K_h, K_w)``.
+        stride: int or pair; defaults to ``kernel_size``.
+        padding: int or pair, at most half the kernel size.
+
+    Returns:
+        ``(N, C, H_out, W_out)`` with ``H_out = floor((H + 2 p_h - K_h) / s_h) + 1``.
+
+    Reference: https://pytorch.org/docs/stable/generated/torch.nn.functional.max_pool2d.html
+    """
+    return _pool_naive(input, kernel_size, stride, padding, "max_pool2d_naive", torch.max, float("-inf"))
+
+
+def avg_pool2d_naive(
+    input: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
+) -> Tensor:
+    """Average pooling with explicit loops; padded zeros count in the mean (``count_include_pad=True``).
+
+    Args:
+        input: ``(N, C, H, W)``.
+        kernel_size: int or ``(K_h, K_w)``.
+        stride: int or pair; defaults to ``kernel_size``.
+        padding: int or pair, at most half the kernel size.
+
+    Returns:
+        ``(N, C, H_out, W_out)`` with ``H_out = floor((H + 2 p_h - K_h) / s_h) + 1``.
+
+    Reference: https://pytorch.org/docs/stable/generated/torch.nn.functional.avg_pool2d.html
+    """
+    return _pool_naive(input, kernel_size, stride, padding, "avg_pool2d_naive", torch.mean, 0.0)
+
+
+def _unfold_planes(x: Tensor, kernel, stride, padding, fill: float) -> Tensor:
+    """Windows of every channel plane as columns: ``(N*C, K_h*K_w, L)``."""
+    n, c, h, w = x.shape
+    return _im2col(x.reshape(n * c, 1, h, w), kernel, stride, padding, (1, 1), fill)
+
+
+def _fold_planes(cols: Tensor, shape, kernel, stride, padding) -> Tensor:
+    """Inverse of ``_unfold_planes`` for gradients: sum columns back, then drop the padding."""
+    n, c, h, w = shape
+    padded = F.fold(cols, (h + 2 * padding[0], w + 2 * padding[1]), kernel, stride=stride)
+    return padded[:, :, padding[0] : padding[0] + h, padding[1] : padding[1] + w].reshape(n, c, h, w)
+
+
+class _MaxPool2dFunction(torch.autograd.Function):
+    """Max pooling whose backward routes each output gradient to its window's argmax."""
+
+    @staticmethod
+    def forward(ctx, input, kernel, stride, padding, out_size):
+        cols = _unfold_planes(input, kernel, stride, padding, float("-inf"))  # (N*C, K_h*K_w, L)
+        values, argmax = cols.max(dim=1)  # (N*C, L)
+        ctx.save_for_backward(argmax)
+        ctx.conf = (tuple(input.shape), cols.shape, kernel, stride, padding)
+        return values.view(input.shape[0], input.shape[1], *out_size)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (argmax,) = ctx.saved_tensors
+        shape, cols_shape, kernel, stride, padding = ctx.conf
+        d_cols = grad_out.new_zeros(cols_shape)
+        d_cols.scatter_(1, argmax.unsqueeze(1), grad_out.reshape(cols_shape[0], 1, cols_shape[2]))
+        return _fold_planes(d_cols, shape, kernel, stride, padding), None, None, None, None
+
+
+class _AvgPool2dFunction(torch.autograd.Function):
+    """Average pooling whose backward spreads each output gradient evenly over its window."""
+
+    @staticmethod
+    def forward(ctx, input, kernel, stride, padding, out_size):
+        cols = _unfold_planes(input, kernel, stride, padding, 0.0)  # (N*C, K_h*K_w, L)
+        ctx.conf = (tuple(input.shape), cols.shape, kernel, stride, padding)
+        return cols.mean(dim=1).view(input.shape[0], input.shape[1], *out_size)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        shape, cols_shape, kernel, stride, padding = ctx.conf
+        share = grad_out.reshape(cols_shape[0], 1, cols_shape[2]) / cols_shape[1]
+        d_cols = share.expand(cols_shape).contiguous()
+        return _fold_planes(d_cols, shape, kernel, stride, padding), None, None, None, None
+
+
+def max_pool2d(input: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0) -> Tensor:
+    """Vectorised max pooling with a hand-written backward (gradient goes to the argmax).
+
+    When a window holds several equal maxima, the gradient goes to the first one in row-major
+    order; ``torch`` may pick a different one.
+
+    Args:
+        input: ``(N, C, H, W)``.
+        kernel_size: int or ``(K_h, K_w)``.
+        stride: int or pair; defaults to ``kernel_size``.
+        padding: int or pair of implicit ``-inf`` on each side, at most half the kernel size.
+
+    Returns:
+        ``(N, C, H_out, W_out)`` with ``H_out = floor((H + 2 p_h - K_h) / s_h) + 1``.
+
+    Raises:
+        ValueError: wrong rank, non-positive kernel or stride, negative or too large padding,
+            kernel larger than the padded input.
+
+    Reference: https://pytorch.org/docs/stable/generated/torch.nn.functional.max_pool2d.html
+    """
+    kernel, stride, padding, out = _pool_args(input, kernel_size, stride, padding, "max_pool2d")
+    return _MaxPool2dFunction.apply(input, kernel, stride, padding, out)
+
+
+def avg_pool2d(input: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0) -> Tensor:
+    """Vectorised average pooling with a hand-written backward; padded zeros count in the mean.
+
+    Matches ``F.avg_pool2d`` with its defaults ``ceil_mode=False, count_include_pad=True``.
+
+    Args:
+        input: ``(N, C, H, W)``.
+        kernel_size: int or ``(K_h, K_w)``.
+        stride: int or pair; defaults to ``kernel_size``.
+        padding: int or pair of zeros on each side, at most half the kernel size.
+
+    Returns:
+        ``(N, C, H_out, W_out)`` with ``H_out = floor((H + 2 p_h - K_h) / s_h) + 1``.
+
+    Raises:
+        ValueError: as for :func:`max_pool2d`.
+
+    Reference: https://pytorch.org/docs/stable/generated/torch.nn.functional.avg_pool2d.html
+    """
+    kernel, stride, padding, out = _pool_args(input, kernel_size, stride, padding, "avg_pool2d")
+    return _AvgPool2dFunction.apply(input, kernel, stride, padding, out)

@@ -1,0 +1,379 @@
+"""Grade one submission of a source lab in its own kernel, under time and memory limits.
+
+The grader reads the *source* lab (with solutions and hidden tests) and a student's
+notebook. It starts a fresh IPython kernel for the submission, runs the student's code
+cells in the student's order, and wherever the submission has a graded test cell (matched
+by nbgrader ``grade_id``) it runs the source lab's version of that test instead, public
+and hidden parts, through :func:`cnncourse.grading.runner.run_test`. Each test is a
+separate request whose result comes back as soon as it finishes, so a later hang or crash
+never loses a finished question. Test cells the student deleted run after the last cell.
+
+Limits: a per-cell timeout, a whole-submission timeout, and a data-segment limit
+(``RLIMIT_DATA``) set in the kernel process before it starts. ``RLIMIT_AS`` is not used:
+importing the CUDA build of torch alone maps about 3.3 GB of address space (and
+initialising CUDA reserves far more), whereas ``RLIMIT_DATA`` counts only private
+writable memory, which is what a memory bomb allocates. When a limit is hit the kernel's
+whole process group is killed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import nbformat
+
+from cnncourse.grading.release import BEGIN_HIDDEN, find_regions
+
+SCHEMA = 1
+STATUSES = ("ok", "timeout", "crashed", "invalid-notebook", "missing-cells", "error")
+_DETAIL_CHARS = 600
+
+
+@dataclass(frozen=True)
+class TestCell:
+    """One graded test cell of the source lab."""
+
+    grade_id: str
+    points: float
+    public: str
+    hidden: str
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """What the grader needs from a source lab: its checksum, graded tests and required cell ids."""
+
+    path: Path
+    sha256: str
+    tests: tuple[TestCell, ...]
+    required_ids: tuple[str, ...]
+
+    @property
+    def max_total(self) -> float:
+        return sum(t.points for t in self.tests)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one submission: seconds per cell, seconds in all, and data memory in MB."""
+
+    timeout: float = 300.0
+    cell_timeout: float = 60.0
+    memory_mb: int | None = 4096
+
+
+def _nbgrader(cell: Any) -> dict[str, Any]:
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return meta if isinstance(meta, dict) else {}
+
+
+def load_lab(path: str | os.PathLike) -> LabSpec:
+    """Parse a source lab into a :class:`LabSpec`, splitting each test cell into public and hidden parts.
+
+    Raises:
+        ValueError: when the lab has no graded test cells or repeats a ``grade_id``.
+
+    Reference: nbgrader cell metadata, https://nbgrader.readthedocs.io/en/stable/contributor_guide/metadata.html
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
+    tests, ids = [], []
+    for index, cell in enumerate(nb.cells):
+        meta = _nbgrader(cell)
+        gid = meta.get("grade_id")
+        if not gid or cell.cell_type != "code":
+            continue
+        if gid in ids:
+            raise ValueError(f"{path}: grade_id {gid!r} appears twice (cell {index})")
+        ids.append(gid)
+        if meta.get("grade"):
+            lines = cell.source.splitlines()
+            hidden_lines: set[int] = set()
+            for r in find_regions(cell.source, index, path):
+                if r.kind == BEGIN_HIDDEN:
+                    hidden_lines.update(range(r.start, r.end + 1))
+            public = "\n".join(line for i, line in enumerate(lines) if i not in hidden_lines)
+            hidden = "\n".join(lines[i] for i in sorted(hidden_lines) if lines[i].strip() not in
+                               ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"))
+            tests.append(TestCell(gid, float(meta.get("points", 0)), public, hidden))
+    if not tests:
+        raise ValueError(f"{path}: expected graded test cells (nbgrader grade=True with a grade_id), found none")
+    return LabSpec(path, hashlib.sha256(raw).hexdigest(), tuple(tests), tuple(ids))
+
+
+def read_submission(raw: bytes) -> nbformat.NotebookNode:
+    """Parse a submitted notebook of any nbformat version into version 4.
+
+    Raises:
+        ValueError: for anything that is not a readable notebook (bad JSON, no cells, bad encoding).
+    """
+    try:
+        nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
+    except Exception as exc:  # noqa: BLE001  (nbformat raises many types for bad input)
+        raise ValueError(f"not a readable notebook: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if not isinstance(nb.get("cells"), list):
+        raise ValueError("not a readable notebook: it has no list of cells")
+    for cell in nb.cells:
+        if not isinstance(cell, dict) or not isinstance(cell.get("source", ""), str):
+            raise ValueError("not a readable notebook: a cell is malformed")
+    return nb
+
+
+def plan(lab: LabSpec, nb: nbformat.NotebookNode) -> tuple[list[tuple[str, Any]], list[str]]:
+    """Order of execution: ``("student", (cell_index, source))`` and ``("test", TestCell)`` steps.
+
+    Returns:
+        The steps and the source ``grade_id``s missing from the submission.
+    """
+    tests = {t.grade_id: t for t in lab.tests}
+    steps: list[tuple[str, Any]] = []
+    seen: set[str] = set()
+    for index, cell in enumerate(nb.cells):
+        if cell.get("cell_type") != "code":
+            continue
+        gid = _nbgrader(cell).get("grade_id")
+        if gid:
+            seen.add(gid)
+        if gid in tests:
+            if not any(kind == "test" and t.grade_id == gid for kind, t in steps):
+                steps.append(("test", tests[gid]))
+        elif cell.source.strip():
+            steps.append(("student", (index, cell.source)))
+    missing = [gid for gid in lab.required_ids if gid not in seen]
+    steps.extend(("test", t) for t in lab.tests if t.grade_id not in seen)
+    return steps, missing
+
+
+def _limit_memory(memory_mb: int | None) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if memory_mb:
+            nbytes = int(memory_mb) * 2**20
+            resource.setrlimit(resource.RLIMIT_DATA, (nbytes, nbytes))
+    return apply
+
+
+class _Kernel:
+    """A kernel for one submission, driven through nbclient, that keeps no student output."""
+
+    def __init__(self, limits: Limits, workdir: str, deadline: float) -> None:
+        from jupyter_client import AsyncKernelManager
+        from nbclient import NotebookClient
+
+        class Client(NotebookClient):
+            nonce: str | None = None
+            report: str | None = None
+
+            def output(self, outs: Any, msg: dict[str, Any], display_id: Any, cell_index: int) -> None:
+                # Outputs are dropped as they arrive (a 100 MB print costs no memory here);
+                # only the test report line, marked by this test's nonce, is kept.
+                if self.nonce and msg["msg_type"] == "stream":
+                    text = msg["content"].get("text", "")
+                    if self.nonce in text:
+                        for line in text.splitlines():
+                            if line.startswith(self.nonce):
+                                self.report = line[len(self.nonce):]
+                return None
+
+        # IPC sockets in a private folder instead of TCP on localhost, which other users could reach.
+        self.sockets = tempfile.mkdtemp(prefix="cnncourse-kernel-")
+        self.km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(self.sockets, "k"))
+        self.reply: dict[str, Any] = {}
+        self.client = Client(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")]), km=self.km,
+                             allow_errors=True, iopub_timeout=10, shutdown_kernel="immediate",
+                             startup_timeout=max(1, int(min(120, deadline - time.monotonic()))))
+        self.client.on_cell_executed = self._on_executed
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg",
+                   PYDEVD_DISABLE_FILE_VALIDATION="1", PYTHONHASHSEED="0")
+        try:
+            self.client.start_new_kernel(cwd=workdir, env=env, preexec_fn=_limit_memory(limits.memory_mb),
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.client.start_new_kernel_client()
+        except BaseException:
+            self.kill()
+            raise
+
+    def _on_executed(self, cell: Any, cell_index: int, execute_reply: dict[str, Any]) -> None:
+        self.reply = execute_reply.get("content", {})
+
+    def run(self, source: str, timeout: float, nonce: str | None = None) -> dict[str, Any]:
+        """Execute ``source``; return the reply content (``status``, ``ename``, ``evalue``)."""
+        self.client.timeout = max(1, math.ceil(timeout))
+        self.client.nonce, self.client.report, self.reply = nonce, None, {}
+        self.client.execute_cell(nbformat.v4.new_code_cell(source), 0, store_history=False)
+        return self.reply
+
+    def kill(self) -> None:
+        """Kill the kernel's process group (its children too) and release its files."""
+        pgid = getattr(self.km.provisioner, "pgid", None) if self.km.provisioner else None
+        try:
+            if self.client.kc is not None:
+                self.client.kc.stop_channels()
+        except Exception:  # noqa: BLE001
+            pass
+        if pgid:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        from nbclient.util import run_sync
+
+        try:
+            run_sync(self.km.shutdown_kernel)(now=True)
+        except Exception:  # noqa: BLE001
+            pass
+        shutil.rmtree(self.sockets, ignore_errors=True)
+
+
+def _short(text: str, n: int = _DETAIL_CHARS) -> str:
+    text = str(text)
+    return text if len(text) <= n else text[:n] + " [...]"
+
+
+def _question(test: TestCell, passed: bool, feedback: str, detail: str = "") -> dict[str, Any]:
+    return {"grade_id": test.grade_id, "points": test.points if passed else 0.0, "max_points": test.points,
+            "passed": passed, "feedback": feedback, "detail": detail or feedback}
+
+
+def _score_report(test: TestCell, report: str | None) -> dict[str, Any]:
+    if report is None:
+        return _question(test, False, "the test did not report a result (did the submission interfere "
+                                       "with the grader?)")
+    try:
+        res = json.loads(report)
+    except ValueError:
+        return _question(test, False, "the test report was unreadable")
+    public, hidden = res.get("public"), res.get("hidden")
+    if isinstance(public, dict):
+        msg = f"{public.get('type')}: {public.get('message')}"
+        return _question(test, False, _short(msg), _short(msg))
+    if isinstance(hidden, dict):
+        return _question(test, False, "passed the public tests but failed a hidden test",
+                         _short(f"hidden test: {hidden.get('type')}: {hidden.get('message')}"))
+    if public is None and hidden in (None, "not run"):
+        return _question(test, True, "passed")
+    return _question(test, False, "the test report was incomplete")
+
+
+def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits: Limits = Limits()) -> dict:
+    """Grade one submission and return its record; never raises for a bad submission.
+
+    The record holds ``student``, ``status`` (one of :data:`STATUSES`), ``reason``,
+    ``total``, ``max_total``, ``elapsed``, per-question ``questions`` (points, pass/fail,
+    student ``feedback`` and instructor ``detail``), ``cell_errors`` and checksums.
+
+    Reference: nbclient's ``NotebookClient``, https://nbclient.readthedocs.io/en/latest/reference/nbclient.html
+    """
+    start = time.monotonic()
+    deadline = start + limits.timeout
+    path = Path(path)
+    record: dict[str, Any] = {"schema": SCHEMA, "student": student, "submission": str(path),
+                              "submission_sha256": "", "lab": lab.name, "lab_sha256": lab.sha256,
+                              "status": "ok", "reason": "", "total": 0.0, "max_total": lab.max_total,
+                              "elapsed": 0.0, "questions": [], "missing_cells": [], "cell_errors": []}
+    results: dict[str, dict[str, Any]] = {}
+
+    def finish(status: str, reason: str, pending: str = "") -> dict[str, Any]:
+        record["status"], record["reason"] = status, reason
+        record["questions"] = [results.get(t.grade_id) or _question(t, False, pending or f"not graded: {reason}")
+                               for t in lab.tests]
+        record["total"] = sum(q["points"] for q in record["questions"])
+        record["elapsed"] = round(time.monotonic() - start, 2)
+        return record
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return finish("error", f"cannot read the submission: {exc}")
+    record["submission_sha256"] = hashlib.sha256(raw).hexdigest()
+    try:
+        nb = read_submission(raw)
+    except ValueError as exc:
+        return finish("invalid-notebook", str(exc))
+    steps, missing = plan(lab, nb)
+    record["missing_cells"] = missing
+    final = ("missing-cells", f"cells missing from the notebook: {', '.join(missing)}") if missing else ("ok", "")
+
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    workdir = tempfile.mkdtemp(prefix="cnncourse-grade-")
+    kernel = None
+    current = "starting the kernel"
+    running: TestCell | None = None
+    whole = False
+    try:
+        kernel = _Kernel(limits, workdir, deadline)
+        kernel.run("import cnncourse.grading.runner as _cg_runner\n_cg_runner.setup(get_ipython().user_ns)\n"
+                   "del _cg_runner", deadline - time.monotonic())
+        for kind, item in steps:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                whole = True
+                raise CellTimeoutError("whole-submission time limit")
+            per_cell = min(limits.cell_timeout, left)
+            whole = per_cell < limits.cell_timeout
+            if kind == "student":
+                index, source = item
+                current, running = f"cell {index}", None
+                reply = kernel.run(source, per_cell)
+                if reply.get("status") == "error":
+                    record["cell_errors"].append({"cell": index, "error": _short(
+                        f"{reply.get('ename')}: {reply.get('evalue')}", 300)})
+            else:
+                current, running = f"the test {item.grade_id}", item
+                nonce = "@@grade-" + uuid.uuid4().hex + "@@"
+                call = (f"__import__('cnncourse.grading.runner', fromlist=['run_test']).run_test("
+                        f"{item.grade_id!r}, {item.public!r}, {item.hidden!r}, {nonce!r})")
+                kernel.run(call, per_cell, nonce=nonce)
+                results[item.grade_id] = _score_report(item, kernel.client.report)
+        return finish(*final)
+    except CellTimeoutError:
+        why = (f"the whole-submission limit of {limits.timeout:g} s ran out during {current}" if whole
+               else f"{current} ran longer than the per-cell limit of {limits.cell_timeout:g} s")
+        if running is not None:
+            results[running.grade_id] = _question(running, False, f"timed out: {why}")
+        return finish("timeout", why)
+    except DeadKernelError:
+        why = f"the kernel died during {current} (os._exit, a fatal signal or running out of memory)"
+        if running is not None:
+            results[running.grade_id] = _question(running, False, why)
+        return finish("crashed", why)
+    except Exception as exc:  # noqa: BLE001  (the grader must return a record whatever happens)
+        return finish("error", _short(f"grader error during {current}: {type(exc).__name__}: {exc}", 300))
+    finally:
+        if kernel is not None:
+            kernel.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass
+class Job:
+    """Arguments of one grading job, picklable for worker processes."""
+
+    lab_path: str
+    submission: str
+    student: str
+    limits: Limits = field(default_factory=Limits)
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Worker entry point: grade one submission (the lab is re-read, so workers share nothing)."""
+    return grade_submission(load_lab(job.lab_path), job.submission, job.student, job.limits)

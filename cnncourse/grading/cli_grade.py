@@ -1,0 +1,56 @@
+"""``python -m cnncourse grade LAB SUBMISSIONS... --out DIR``: the instructor's batch autograder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _cmd_grade(args: argparse.Namespace) -> int:
+    from cnncourse.grading.autograde import Limits
+    from cnncourse.grading.release import MarkerError
+    from cnncourse.grading.report import grade_batch, summary_text
+
+    if args.jobs < 1 or args.timeout <= 0 or args.cell_timeout <= 0 or (args.memory is not None and args.memory < 0):
+        print("error: --jobs, --timeout, --cell-timeout and --memory must be positive", file=sys.stderr)
+        return 2
+    limits = Limits(timeout=args.timeout, cell_timeout=args.cell_timeout, memory_mb=args.memory or None)
+    try:
+        records = grade_batch(args.lab, args.submissions, args.out, jobs=args.jobs, limits=limits,
+                              force=args.force, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError, MarkerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: records written so far are kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    print(summary_text(records))
+    print(f"\nwrote {Path(args.out) / 'gradebook.csv'}, {len(records)} records and feedback/ in {args.out}")
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``grade`` subcommand on ``subparsers`` (from ``ArgumentParser.add_subparsers``).
+
+    Reference: https://docs.python.org/3/library/argparse.html#sub-commands
+    """
+    g = subparsers.add_parser("grade", help="autograde submitted notebooks against a source lab",
+                              description="Run each submission in its own kernel under time and memory limits, "
+                                          "then the source lab's public and hidden tests; write DIR/<student>.json, "
+                                          "DIR/gradebook.csv and DIR/feedback/<student>.html.")
+    g.add_argument("lab", help="the source lab notebook, with solutions and hidden tests")
+    g.add_argument("submissions", nargs="+", help="submitted notebooks or folders of them "
+                                                  "(nbgrader's submitted/<student>/<assignment>/ layout works)")
+    g.add_argument("--out", required=True, help="folder for records, gradebook.csv and feedback/")
+    g.add_argument("--jobs", type=int, default=1, help="submissions graded in parallel (default 1)")
+    g.add_argument("--timeout", type=float, default=600.0, help="seconds per submission (default 600)")
+    g.add_argument("--cell-timeout", type=float, default=120.0, help="seconds per cell or test (default 120)")
+    g.add_argument("--memory", type=int, default=4096,
+                   help="data memory limit per kernel in MB, RLIMIT_DATA (default 4096; 0 for none)")
+    g.add_argument("--force", action="store_true", help="re-grade submissions that already have a record")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.set_defaults(func=_cmd_grade)
+    return g

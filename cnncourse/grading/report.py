@@ -1,0 +1,214 @@
+"""Batch grading: find submissions, grade them (in parallel), write records, gradebook and feedback.
+
+Every file is written atomically by the main process. A re-run skips submissions whose
+record already carries the same source-lab and submission checksums, so an interrupted
+run resumes where it stopped. At the end every record of the run is written again from
+memory, so a submission that wrote into the output folder cannot change a score.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import multiprocessing
+import os
+import re
+import statistics
+import sys
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Callable
+
+from cnncourse.grading.autograde import SCHEMA, STATUSES, Job, LabSpec, Limits, load_lab, run_job
+from cnncourse.io import atomic_write_text
+
+
+def student_name(path: Path) -> str:
+    """The student's name: ``<student>`` in nbgrader's ``submitted/<student>/<assignment>/`` layout, else the file stem.
+
+    Reference: nbgrader's exchange layout, https://nbgrader.readthedocs.io/en/stable/user_guide/managing_assignment_files.html
+    """
+    parts = path.parts
+    name = parts[-3] if len(parts) >= 4 and parts[-4] == "submitted" else path.stem
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "unnamed"
+
+
+def find_submissions(paths: list[str | os.PathLike]) -> list[tuple[str, Path]]:
+    """Expand files and folders into sorted ``(student, notebook)`` pairs.
+
+    Raises:
+        FileNotFoundError: for a path that does not exist.
+        ValueError: when two submissions map to the same student name.
+    """
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(f for f in p.rglob("*.ipynb") if f.is_file()
+                                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"expected a submitted notebook or a folder of them, got {p}")
+    pairs = sorted((student_name(f), f) for f in dict.fromkeys(found))
+    names = Counter(name for name, _ in pairs)
+    clashes = [f"{n}: " + ", ".join(str(f) for m, f in pairs if m == n) for n, c in names.items() if c > 1]
+    if clashes:
+        raise ValueError("two submissions have the same student name; rename them or use nbgrader's "
+                         "submitted/<student>/<assignment>/ layout:\n  " + "\n  ".join(clashes))
+    return pairs
+
+
+def _fmt(points: float) -> str:
+    return str(int(points)) if float(points).is_integer() else f"{points:.2f}"
+
+
+def gradebook_csv(lab: LabSpec, records: list[dict[str, Any]]) -> str:
+    """CSV text: ``student, status, total, max_total``, then one column per ``grade_id``; one row per record."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    ids = [t.grade_id for t in lab.tests]
+    writer.writerow(["student", "status", "total", "max_total", *ids])
+    for r in sorted(records, key=lambda r: r["student"]):
+        points = {q["grade_id"]: q["points"] for q in r["questions"]}
+        writer.writerow([r["student"], r["status"], _fmt(r["total"]), _fmt(r["max_total"]),
+                         *(_fmt(points.get(i, 0.0)) for i in ids)])
+    return out.getvalue()
+
+
+def feedback_html(record: dict[str, Any]) -> str:
+    """Student-facing HTML: per-question points and feedback; hidden-test details are withheld."""
+    e = html.escape
+    rows = "\n".join(
+        f"<tr><td>{e(q['grade_id'])}</td><td>{'passed' if q['passed'] else 'failed'}</td>"
+        f"<td>{_fmt(q['points'])} / {_fmt(q['max_points'])}</td><td><pre>{e(q['feedback'])}</pre></td></tr>"
+        for q in record["questions"])
+    errors = "".join(f"<li>cell {c['cell']}: <code>{e(c['error'])}</code></li>" for c in record["cell_errors"])
+    reason = f"<p>Note: {e(record['reason'])}</p>" if record["reason"] else ""
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{e(record['lab'])}: "
+            f"{e(record['student'])}</title></head><body>\n<h1>{e(record['lab'])}: feedback for "
+            f"{e(record['student'])}</h1>\n<p>Score: <b>{_fmt(record['total'])} / {_fmt(record['max_total'])}"
+            f"</b> (grading status: {e(record['status'])})</p>{reason}\n<table border='1' cellpadding='4'>"
+            f"<tr><th>question</th><th>result</th><th>points</th><th>feedback</th></tr>\n{rows}\n</table>\n"
+            + (f"<h2>Cells that raised an error</h2><ul>{errors}</ul>\n" if errors else "")
+            + "</body></html>\n")
+
+
+def summary_text(records: list[dict[str, Any]]) -> str:
+    """A table of the count per status and the distribution of total scores."""
+    lines = [f"{'status':<18}{'count':>6}"]
+    counts = Counter(r["status"] for r in records)
+    lines += [f"{s:<18}{counts[s]:>6}" for s in STATUSES if counts[s]]
+    lines.append(f"{'all':<18}{len(records):>6}")
+    if records:
+        totals = [r["total"] for r in records]
+        top = records[0]["max_total"]
+        lines.append(f"\nscore (out of {_fmt(top)}): min {_fmt(min(totals))}, median "
+                     f"{_fmt(statistics.median(totals))}, mean {statistics.fmean(totals):.2f}, max {_fmt(max(totals))}")
+        for value, n in sorted(Counter(totals).items()):
+            lines.append(f"  {_fmt(value):>6} | {'#' * n} {n}")
+    return "\n".join(lines)
+
+
+def _write_record(out: Path, record: dict[str, Any]) -> None:
+    atomic_write_text(out / f"{record['student']}.json", json.dumps(record, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(out / "feedback" / f"{record['student']}.html", feedback_html(record))
+
+
+def _previous(out: Path, student: str, lab: LabSpec, submission: Path) -> dict[str, Any] | None:
+    import hashlib
+
+    try:
+        record = json.loads((out / f"{student}.json").read_text("utf-8"))
+        sha = hashlib.sha256(submission.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return None
+    ok = (isinstance(record, dict) and record.get("schema") == SCHEMA and record.get("lab_sha256") == lab.sha256
+          and record.get("submission_sha256") == sha and record.get("student") == student
+          and record.get("status") in STATUSES and isinstance(record.get("questions"), list))
+    return record if ok else None
+
+
+def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike], out: str | os.PathLike, *,
+                jobs: int = 1, limits: Limits = Limits(), force: bool = False, progress: bool = True,
+                on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Grade every submission against the source lab and write ``out``'s records, gradebook and feedback.
+
+    Args:
+        jobs: submissions graded at once, each in its own worker process and kernel.
+        force: re-grade submissions already graded with the same lab and submission checksums.
+        on_record: called in the main process after each new record is written.
+
+    Returns:
+        One record per submission, sorted by student name.
+
+    Reference: nbgrader's ``autograde`` command, https://nbgrader.readthedocs.io/en/stable/command_line_tools/nbgrader-autograde.html
+    """
+    from tqdm.auto import tqdm
+
+    lab, out = load_lab(lab_path), Path(out)
+    pairs = find_submissions(submissions)
+    out.mkdir(parents=True, exist_ok=True)
+    records: dict[str, dict[str, Any]] = {}
+    todo: list[Job] = []
+    for student, path in pairs:
+        previous = None if force else _previous(out, student, lab, path)
+        if previous is not None:
+            records[student] = previous
+        else:
+            todo.append(Job(str(lab.path), str(path), student, limits))
+    bar = tqdm(total=len(pairs), initial=len(records), desc=f"grading {lab.name}", unit="nb", disable=not progress)
+
+    def done(record: dict[str, Any]) -> None:
+        records[record["student"]] = record
+        _write_record(out, record)
+        bar.update(1)
+        bar.set_postfix_str(f"{record['student']}: {record['status']}", refresh=False)
+        if on_record is not None:
+            on_record(record)
+
+    try:
+        if jobs <= 1:
+            for job in todo:
+                done(run_job(job))
+        else:
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                pending: dict[Future, Job] = {pool.submit(run_job, job): job for job in todo}
+                try:
+                    while pending:
+                        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in sorted(finished, key=lambda f: pending[f].student):
+                            job = pending.pop(fut)
+                            try:
+                                record = fut.result()
+                            except Exception as exc:  # noqa: BLE001  (a dead worker still yields a record)
+                                record = _error_record(lab, job, f"worker failed: {type(exc).__name__}: {exc}")
+                            done(record)
+                except BaseException:
+                    for fut in pending:
+                        fut.cancel()
+                    raise
+    finally:
+        bar.close()
+    ordered = [records[s] for s, _ in pairs]
+    for record in ordered:  # rewrite from memory: undo anything a submission wrote into `out`
+        _write_record(out, record)
+    atomic_write_text(out / "gradebook.csv", gradebook_csv(lab, ordered))
+    expected = {f"{s}.json" for s, _ in pairs} | {f"feedback/{s}.html" for s, _ in pairs} | {"gradebook.csv"}
+    extra = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
+                   and p.relative_to(out).as_posix() not in expected)
+    if extra:
+        print(f"warning: files in {out} that this run did not write (left untouched): " + ", ".join(extra[:20]),
+              file=sys.stderr)
+    return ordered
+
+
+def _error_record(lab: LabSpec, job: Job, reason: str) -> dict[str, Any]:
+    questions = [{"grade_id": t.grade_id, "points": 0.0, "max_points": t.points, "passed": False,
+                  "feedback": f"not graded: {reason}", "detail": reason} for t in lab.tests]
+    return {"schema": SCHEMA, "student": job.student, "submission": job.submission, "submission_sha256": "",
+            "lab": lab.name, "lab_sha256": lab.sha256, "status": "error", "reason": reason, "total": 0.0,
+            "max_total": lab.max_total, "elapsed": 0.0, "questions": questions, "missing_cells": [],
+            "cell_errors": []}

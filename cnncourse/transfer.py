@@ -1,0 +1,509 @@
+"""Transfer learning: freeze, replace the head, fine-tune, and measure it.
+
+* ``freeze`` / ``unfreeze`` switch ``requires_grad`` for every parameter up to and including a named
+  layer, in registration order (the order of ``model.named_parameters()``, which for the course's and
+  torchvision's models is the order of the forward pass), and return the names they changed.
+* Frozen BatchNorm stays in eval mode: ``fit`` calls ``model.train()`` every epoch, which would put a
+  frozen BN layer back into training mode, where it normalises with the batch's statistics and
+  overwrites its running averages, so the "frozen" features would keep changing. ``freeze`` therefore
+  registers a forward pre-hook on each frozen BN layer that switches that layer (and only it) to eval
+  mode just before it runs. ``unfreeze`` removes the hook; ``freeze(..., bn_eval=False)`` opts out.
+* ``replace_head`` finds the classifier (``fc``, the last layer of ``classifier``, ``head``/``heads``,
+  LeNet's ``output``) of course and torchvision models and swaps in a fresh one.
+* ``fine_tune`` applies one of the ``STRATEGIES`` and trains with :func:`cnncourse.train.fit`;
+  ``run_grid`` is the experiment of the transfer chapter.
+
+Reference: J. Yosinski, J. Clune, Y. Bengio, H. Lipson, "How transferable are features in deep neural
+networks?", NeurIPS 2014; S. Ioffe and C. Szegedy, "Batch Normalization", ICML 2015 (eval-mode statistics).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.hooks import RemovableHandle
+
+from cnncourse.data import BatchLoader, ImageDataset, load_dataset
+from cnncourse.train import History, evaluate, fit, load_checkpoint, set_seed
+
+STRATEGIES: dict[str, str] = {
+    "head": "train only the new head; the pretrained backbone is frozen",
+    "last_k": "train the new head and the last k blocks (default: the last third of the blocks, rounded up)",
+    "full": "fine-tune every layer, starting from the pretrained weights",
+    "scratch": "the same architecture, randomly initialised, every layer trained",
+}
+TARGETS: dict[str, tuple[str, tuple[int, ...] | None]] = {
+    "similar": ("mnist", (5, 6, 7, 8, 9)),
+    "different": ("fashion-mnist", None),
+}
+_HEAD_ATTRS = ("fc", "classifier", "head", "heads", "output")
+_AUX_ATTRS = ("aux1", "aux2", "AuxLogits")
+_BN_HOOKS: "weakref.WeakKeyDictionary[nn.Module, RemovableHandle]" = weakref.WeakKeyDictionary()
+
+
+def _keep_eval(module: nn.Module, args: tuple) -> None:
+    # Runs before every forward of a frozen BN layer, after fit's model.train(): use the running statistics.
+    if module.training and not any(p.requires_grad for p in module.parameters(recurse=False)):
+        module.train(False)
+
+
+def _part(model: nn.Module, until: str | None) -> list[tuple[str, nn.Module]]:
+    """The modules, in registration (pre-)order, up to and including ``until``'s whole subtree."""
+    mods = list(model.named_modules())
+    if until is None:
+        return mods
+    names = [n for n, _ in mods]
+    if until not in names[1:]:
+        raise ValueError(f"{type(model).__name__} has no layer {until!r}; candidates: {', '.join(layer_names(model))}")
+    end = max(i for i, n in enumerate(names) if n == until or n.startswith(until + "."))
+    return mods[:end + 1]
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Names of the modules that own parameters, in registration order: the valid ``until`` values.
+
+    Reference: ``torch.nn.Module.named_modules``.
+    """
+    return [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+
+
+def freeze(model: nn.Module, until: str | None = None, *, bn_eval: bool = True) -> list[str]:
+    """Set ``requires_grad=False`` on every parameter up to and including layer ``until`` (all when None).
+
+    Args:
+        model: any ``nn.Module``.
+        until: a module name such as ``"layer2"`` or ``"features.conv2"``; a container freezes its
+            whole subtree. ``None`` freezes every parameter.
+        bn_eval: keep the frozen BatchNorm layers in eval mode even under ``model.train()`` (see the
+            module docstring); ``False`` lets them update their running statistics.
+
+    Returns:
+        The names of the parameters that were trainable and are now frozen, in order.
+
+    Raises:
+        ValueError: ``until`` is not a layer of ``model``; the message lists the candidates.
+
+    Reference: Yosinski et al., NeurIPS 2014 (frozen vs fine-tuned transferred layers).
+    """
+    changed = []
+    for prefix, module in _part(model, until):
+        for pname, p in module.named_parameters(recurse=False):
+            if p.requires_grad:
+                p.requires_grad_(False)
+                changed.append(f"{prefix}.{pname}" if prefix else pname)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if bn_eval and module not in _BN_HOOKS:
+                _BN_HOOKS[module] = module.register_forward_pre_hook(_keep_eval)
+            elif not bn_eval and module in _BN_HOOKS:
+                _BN_HOOKS.pop(module).remove()
+    return changed
+
+
+def unfreeze(model: nn.Module, until: str | None = None) -> list[str]:
+    """The inverse of :func:`freeze`: make the same range trainable again and drop the BN hooks.
+
+    Returns:
+        The names of the parameters that were frozen and are now trainable, in order.
+
+    Reference: :func:`freeze`.
+    """
+    changed = []
+    for prefix, module in _part(model, until):
+        for pname, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                p.requires_grad_(True)
+                changed.append(f"{prefix}.{pname}" if prefix else pname)
+        if module in _BN_HOOKS:
+            _BN_HOOKS.pop(module).remove()
+    return changed
+
+
+def _last_layer(module: nn.Module, prefix: str) -> str | None:
+    from cnncourse.models.lenet import EuclideanRBF
+
+    kinds = (nn.Linear, nn.Conv2d, EuclideanRBF)
+    found = [n for n, m in module.named_modules(prefix=prefix) if isinstance(m, kinds)]
+    return found[-1] if found else None
+
+
+def find_head(model: nn.Module) -> str:
+    """The name of the final classifier layer: ``fc``, the last layer in ``classifier``/``head``/``heads``
+    or LeNet-5's RBF ``output``.
+
+    Raises:
+        ValueError: no such attribute; the message lists the model's Linear and Conv2d layers.
+
+    Reference: torchvision ``models/*.py`` attribute names.
+    """
+    for attr in _HEAD_ATTRS:
+        child = getattr(model, attr, None)
+        if isinstance(child, nn.Module) and (name := _last_layer(child, attr)):
+            return name
+    candidates = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-8:]
+    raise ValueError(f"cannot find the head of {type(model).__name__}: it has none of the attributes "
+                     f"{', '.join(_HEAD_ATTRS)}; its last Linear/Conv2d layers are: {', '.join(candidates) or 'none'}")
+
+
+def _new_head(old: nn.Module, num_classes: int) -> nn.Module:
+    if isinstance(old, nn.Linear):
+        return nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    if isinstance(old, nn.Conv2d):  # SqueezeNet-style 1x1 conv classifier
+        return nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding)
+    return nn.Linear(old.codes.shape[1], num_classes)  # LeNet-5 (1998): the fixed RBF codes become a linear layer
+
+
+def replace_head(model: nn.Module, num_classes: int) -> str:
+    """Swap the final classifier for a freshly initialised one with ``num_classes`` outputs, in place.
+
+    Inception-style auxiliary classifiers (``aux1``, ``aux2``, ``AuxLogits``) get new heads too.
+    The new layer is trainable, on the old layer's device and dtype, and initialised from torch's RNG
+    (seed it first for a repeatable head).
+
+    Returns:
+        The name of the replaced main head, e.g. ``"fc"`` or ``"classifier.6"``.
+
+    Raises:
+        ValueError: ``num_classes < 1`` or no head found (listing the candidate layers).
+
+    Reference: https://pytorch.org/tutorials/beginner/finetuning_torchvision_models_tutorial.html
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    head = find_head(model)
+    names = [head] + [n for a in _AUX_ATTRS if isinstance(getattr(model, a, None), nn.Module)
+                      for n in [_last_layer(getattr(model, a), a)] if n]
+    for name in names:
+        old = model.get_submodule(name)
+        ref = next(iter(old.parameters()), None)
+        ref = ref if ref is not None else next(iter(old.buffers()))
+        new = _new_head(old, num_classes).to(device=ref.device, dtype=ref.dtype)
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, new)
+    return head
+
+
+def blocks(model: nn.Module) -> list[str]:
+    """The model's trainable blocks in order: children of containers (``Sequential``, ``ModuleList``)
+    and of the model itself, descending into containers; e.g. ``conv1, bn1, layer1.0, ..., layer3.2, fc``.
+
+    Reference: the "blocks" of He et al., CVPR 2016, and torchvision's ``features``/``layerN`` layout.
+    """
+    out: list[str] = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            full = f"{prefix}.{name}" if prefix else name
+            if isinstance(child, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+                walk(child, full)
+            elif any(True for _ in child.parameters()):
+                out.append(full)
+
+    walk(model, "")
+    return out
+
+
+def _before(model: nn.Module, name: str) -> str | None:
+    """The last module registered before ``name`` that is not one of its ancestors."""
+    names = [n for n, _ in model.named_modules()]
+    for n in reversed(names[1:names.index(name)]):
+        if not name.startswith(n + "."):
+            return n
+    return None
+
+
+def apply_strategy(model: nn.Module, strategy: str, k: int | None = None, *, bn_eval: bool = True) -> list[str]:
+    """Freeze ``model`` (whose head is already the new one) for ``strategy``; return the trainable names.
+
+    ``"head"`` freezes everything registered before the head; ``"last_k"`` everything before the last
+    ``k`` blocks (``k`` defaults to a third of the blocks before the head, rounded up); ``"full"`` and ``"scratch"``
+    freeze nothing (``"scratch"`` is re-initialised by :func:`fine_tune`).
+
+    Reference: Yosinski et al., NeurIPS 2014.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of: {', '.join(STRATEGIES)}")
+    unfreeze(model)
+    head = find_head(model)
+    body = [b for b in blocks(model) if not (head == b or head.startswith(b + "."))]
+    if strategy == "head":
+        first = head
+    elif strategy == "last_k":
+        k = max(1, -(-len(body) // 3)) if k is None else k
+        if not 1 <= k <= len(body):
+            raise ValueError(f"k must be between 1 and {len(body)} for {type(model).__name__}, got {k}")
+        first = body[-k]
+    else:
+        first = None
+    if first is not None and (until := _before(model, first)) is not None:
+        freeze(model, until, bn_eval=bn_eval)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def param_groups(model: nn.Module, lr: float, backbone_lr: float, head: str | None = None) -> list[dict[str, Any]]:
+    """Optimizer parameter groups with discriminative learning rates: ``lr`` for the head, ``backbone_lr``
+    for every other trainable parameter. Frozen parameters are left out; empty groups are dropped.
+
+    Example: ``torch.optim.Adam(param_groups(model, lr=1e-3, backbone_lr=1e-4))``.
+
+    Reference: J. Howard and S. Ruder, "Universal Language Model Fine-tuning", ACL 2018, section 3.2.
+    """
+    head = head or find_head(model)
+    groups = {"backbone": [], "head": []}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            groups["head" if n == head or n.startswith(head + ".") else "backbone"].append(p)
+    out = [{"params": groups["backbone"], "lr": backbone_lr, "name": "backbone"},
+           {"params": groups["head"], "lr": lr, "name": "head"}]
+    out = [g for g in out if g["params"]]
+    if not out:
+        raise ValueError("model has no trainable parameters: unfreeze something first")
+    return out
+
+
+def reinitialize(model: nn.Module) -> None:
+    """Re-draw every parameter with each layer's ``reset_parameters`` (torch's default initialisation).
+
+    Raises:
+        ValueError: a layer owns parameters but has no ``reset_parameters`` (it would stay pretrained).
+
+    Reference: ``torch.nn.Module`` layers' ``reset_parameters``.
+    """
+    stuck = [n for n, m in model.named_modules()
+             if any(True for _ in m.parameters(recurse=False)) and not callable(getattr(m, "reset_parameters", None))]
+    if stuck:
+        raise ValueError(f"cannot re-initialise {type(model).__name__}: these layers have parameters but no "
+                         f"reset_parameters(): {', '.join(stuck)}; build a fresh model instead")
+    for m in model.modules():
+        if callable(getattr(m, "reset_parameters", None)):
+            m.reset_parameters()
+
+
+def fine_tune(model: nn.Module, data: ImageDataset, strategy: str = "head", *, num_classes: int | None = None,
+              k: int | None = None, steps: int | None = None, epochs: int = 5, lr: float = 1e-3,
+              backbone_lr: float | None = None, batch_size: int = 64, seed: int = 0, bn_eval: bool = True,
+              val: ImageDataset | None = None, device: str | torch.device = "auto",
+              progress: bool = True) -> History:
+    """Give ``model`` a new head for ``data`` and train it with ``strategy``; the model changes in place.
+
+    Args:
+        model: a pretrained classifier (course or torchvision).
+        data: the target training set.
+        strategy: a key of ``STRATEGIES``.
+        num_classes: outputs of the new head; default ``len(data.classes)``.
+        k: blocks trained by ``"last_k"`` (see :func:`apply_strategy`).
+        steps: train for about this many optimizer steps whatever the data size (overrides ``epochs``).
+        lr, backbone_lr: learning rate of the head and of the rest (default ``lr``), Adam.
+        seed: seeds the new head, the re-initialisation and the batch order.
+        bn_eval: keep frozen BatchNorm in eval mode.
+
+    Reference: Yosinski et al., NeurIPS 2014; ``cnncourse.train.fit``.
+    """
+    set_seed(seed)
+    if strategy == "scratch":
+        reinitialize(model)
+    replace_head(model, num_classes or len(data.classes))
+    apply_strategy(model, strategy, k, bn_eval=bn_eval)
+    max_batches = None
+    if steps is not None:
+        per_epoch = -(-len(data) // batch_size)
+        epochs, max_batches = max(1, round(steps / per_epoch)), min(per_epoch, steps)
+    optimizer: Any = "adam"
+    if backbone_lr is not None:
+        optimizer = torch.optim.Adam(param_groups(model, lr, backbone_lr))
+    return fit(model, data, val, epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, seed=seed,
+               device=device, progress=progress, max_batches=max_batches)
+
+
+def load_pretrained(model_name: str, source: Any, *, allow_download: bool = True, **model_kwargs: Any) -> nn.Module:
+    """Build ``model_name`` and load pretrained weights from ``source``.
+
+    ``source`` is one of:
+
+    * a course checkpoint name (``"lenet5_mnist04"``; see ``cnncourse.pretrain.RECIPES``), SHA-256 verified;
+    * a local file holding a state dict, or a checkpoint written by ``cnncourse.train.save_checkpoint``;
+    * a torchvision weights enum (``ResNet18_Weights.IMAGENET1K_V1``) or its name (``"DEFAULT"``), for a
+      torchvision model name. It is downloaded unless already in torch's cache (``torch.hub.get_dir()``).
+
+    Course builders (``cnncourse.models.list_models()``) are tried first, then torchvision's.
+
+    Raises:
+        ValueError: unknown model or source (the message lists the candidates), or a checkpoint for
+            another architecture.
+        FileNotFoundError: torchvision weights not cached and ``allow_download=False``.
+
+    Reference: https://pytorch.org/vision/stable/models.html#using-the-pre-trained-models
+    """
+    import torchvision.models as tvm
+    from torchvision.models import WeightsEnum
+
+    from cnncourse import pretrain
+    from cnncourse.models import get_model, list_models
+
+    if isinstance(source, str) and source in pretrain.RECIPES:
+        expected = pretrain.recipe(source).model
+        if model_name != expected:
+            raise ValueError(f"checkpoint {source!r} holds a {expected!r} model, not {model_name!r}")
+        model = pretrain.build(source)
+        load_checkpoint(pretrain.checkpoint_path(source), model)
+        return model
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+        if model_name in list_models():
+            model = get_model(model_name, **model_kwargs)
+        elif model_name in tvm.list_models():
+            model = tvm.get_model(model_name, weights=None, **model_kwargs)
+        else:
+            raise ValueError(f"unknown model {model_name!r}; course models: {', '.join(list_models())}; "
+                             f"or any of torchvision.models.list_models()")
+        load_checkpoint(source, model)
+        return model
+    if model_name not in tvm.list_models():
+        raise ValueError(f"cannot load {source!r}: it is not a course checkpoint ({', '.join(pretrain.RECIPES)}), "
+                         f"not an existing file, and {model_name!r} is not a torchvision model")
+    enum = tvm.get_model_weights(model_name)
+    if isinstance(source, str):
+        if source not in {"DEFAULT", *enum.__members__}:
+            raise ValueError(f"{model_name!r} has no weights {source!r}; candidates: DEFAULT, "
+                             f"{', '.join(enum.__members__)}; or a course checkpoint: {', '.join(pretrain.RECIPES)}")
+        source = enum[source]
+    if not isinstance(source, WeightsEnum):
+        raise ValueError(f"source must be a checkpoint name, a file or a weights enum, got {type(source).__name__}")
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(source.url)
+    if not cached.is_file() and not allow_download:
+        raise FileNotFoundError(f"{source} is not in torch's cache ({cached}) and allow_download=False; "
+                                f"go online once or copy the file there")
+    return tvm.get_model(model_name, weights=source, **model_kwargs)
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, data: ImageDataset, *, head: str | None = None,
+                     batch_size: int = 512) -> torch.Tensor:
+    """The inputs of the head (the backbone's features), ``(N, D)``, for every image of ``data``, in eval mode.
+
+    Reference: Donahue et al., "DeCAF", ICML 2014 (features of a frozen network as a representation).
+    """
+    head_module = model.get_submodule(head or find_head(model))
+    feats: list[torch.Tensor] = []
+    handle = head_module.register_forward_pre_hook(lambda m, args: feats.append(args[0].flatten(1).cpu()))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for x, _ in BatchLoader(data, batch_size, device=device):
+            model(x)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(feats)
+
+
+def pca_2d(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project ``(N, D)`` features on their first two principal components.
+
+    Returns:
+        ``(N, 2)`` coordinates and the fraction of the variance each of the two components explains.
+
+    Reference: I. T. Jolliffe, *Principal Component Analysis*, 2nd ed., Springer 2002, ch. 1.
+    """
+    if features.dim() != 2 or features.shape[0] < 2:
+        raise ValueError(f"expected features (N >= 2, D), got {tuple(features.shape)}")
+    x = features.double() - features.double().mean(0)
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    return (x @ vh[:2].T).float(), (s[:2] ** 2 / (s ** 2).sum()).float()
+
+
+def target_data(target: str, split: str) -> ImageDataset:
+    """The ``"similar"`` (MNIST 5-9, relabelled 0-4) or ``"different"`` (Fashion-MNIST) target split.
+
+    Reference: this module's ``TARGETS`` table.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of: {', '.join(TARGETS)}")
+    name, classes = TARGETS[target]
+    data = load_dataset(name, split)
+    return data.filter_classes(classes) if classes is not None else data
+
+
+def run_grid(checkpoint: str = "lenet5_mnist04", *, targets: Sequence[str] = tuple(TARGETS),
+             sizes: Iterable[int] = (10, 100, 1000), strategies: Iterable[str] = tuple(STRATEGIES),
+             seeds: Iterable[int] = (0, 1, 2), steps: int = 200, lr: float = 1e-3, batch_size: int = 64,
+             test_size: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Fine-tune checkpoint ``checkpoint`` on every (target, images per class, strategy, seed).
+
+    Each run starts from the checkpoint, draws ``size`` training images per class with ``seed``, trains
+    for about ``steps`` Adam steps and records the accuracy on the target's test split (its first
+    ``test_size`` images in a fixed random order when given).
+
+    Returns:
+        One dict per run: ``target, size, strategy, seed, accuracy, trainable_params, seconds``.
+
+    Reference: the transfer chapter of this course; Yosinski et al., NeurIPS 2014.
+    """
+    from tqdm.auto import tqdm
+
+    from cnncourse import pretrain
+
+    model_name = pretrain.recipe(checkpoint).model
+    cells = [(t, n, s, seed) for t in targets for n in sizes for s in strategies for seed in seeds]
+    data = {t: (target_data(t, "train"), target_data(t, "test")) for t in targets}
+    if test_size is not None:
+        data = {t: (tr, te.take(min(test_size, len(te)), seed=0)) for t, (tr, te) in data.items()}
+    rows = []
+    for t, n, s, seed in tqdm(cells, desc=f"transfer grid ({checkpoint})", disable=not progress):
+        train, test = data[t][0].per_class(n, seed=seed), data[t][1]
+        model = load_pretrained(model_name, checkpoint)
+        start = time.perf_counter()
+        fine_tune(model, train, s, steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=False)
+        rows.append({"target": t, "size": n, "strategy": s, "seed": seed,
+                     "accuracy": evaluate(model, test)["accuracy"],
+                     "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                     "seconds": round(time.perf_counter() - start, 3)})
+    return rows
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation (``ddof=1``; 0 for one seed) of the accuracy per (target, size, strategy).
+
+    Reference: :func:`run_grid`.
+    """
+    cells: dict[tuple, list[float]] = {}
+    for r in rows:
+        cells.setdefault((r["target"], r["size"], r["strategy"]), []).append(r["accuracy"])
+    out = []
+    for (t, n, s), accs in cells.items():
+        a = torch.tensor(accs, dtype=torch.float64)
+        out.append({"target": t, "size": n, "strategy": s, "mean": a.mean().item(),
+                    "std": a.std().item() if len(accs) > 1 else 0.0, "seeds": len(accs)})
+    return out
+
+
+def plot_grid(summary: Sequence[dict[str, Any]], title: str | None = None):
+    """Accuracy against images per class: one panel per target, one line (mean +- std) per strategy.
+
+    Reference: :func:`summarize`.
+    """
+    import matplotlib.pyplot as plt
+
+    targets = list(dict.fromkeys(r["target"] for r in summary))
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.6 * len(targets), 3.6), squeeze=False, sharey=True)
+    for ax, t in zip(axes[0], targets):
+        for s in dict.fromkeys(r["strategy"] for r in summary):
+            pts = sorted((r["size"], r["mean"], r["std"]) for r in summary if r["target"] == t and r["strategy"] == s)
+            n, m, sd = zip(*pts)
+            ax.errorbar(n, m, yerr=sd, marker="o", capsize=3, label=s)
+        dataset, classes = TARGETS.get(t, (t, None))
+        ax.set_title(f"{t}: {dataset}" + (f" {classes[0]}-{classes[-1]}" if classes else ""))
+        ax.set_xscale("log")
+        ax.set_xlabel("training images per class")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy")
+    axes[0][0].legend(title="strategy", loc="center right", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
