@@ -32,3 +32,20 @@ def test_forbid_rejects_unknown_names():
     with pytest.raises(ValueError, match="no importable module"):
         with forbid("nosuchpackage.thing"):
             pass
+
+
+def test_forbid_catches_aliases_and_captured_names():
+    import __main__
+
+    x, w = torch.randn(1, 1, 5, 5), torch.randn(1, 1, 3, 3)
+    __main__.captured_conv = F.conv2d  # as `from torch.nn.functional import conv2d` would bind it
+    try:
+        with forbid("torch.nn.functional.conv2d"):
+            with pytest.raises(DelegationError):
+                torch.conv2d(x, w)  # the same object as F.conv2d
+            with pytest.raises(DelegationError):
+                __main__.captured_conv(x, w)
+        assert __main__.captured_conv is torch.conv2d is F.conv2d
+        __main__.captured_conv(x, w)
+    finally:
+        del __main__.captured_conv

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
 from typing import Any, Iterator
+
+# Namespaces where the same function object often lives under other names:
+# ``torch.nn.functional.conv2d is torch.conv2d``, and ``from torch.nn.functional import
+# conv2d`` in a notebook binds it in ``__main__``.
+_ALIAS_MODULES = ("__main__", "torch", "torch.nn.functional")
 
 
 class DelegationError(AssertionError):
@@ -42,6 +48,9 @@ def forbid(*dotted_names: str) -> Iterator[None]:
         with forbid("torch.nn.functional.conv2d", "cnncourse.functional.conv2d"):
             out = student_conv2d(x, w)   # fails if it calls either of them
 
+    Every other binding of the same function object in ``__main__`` (the notebook's
+    namespace), ``torch`` and ``torch.nn.functional`` is replaced too, so an alias such as
+    ``torch.conv2d`` or a ``from torch.nn.functional import conv2d`` made earlier is caught.
     The originals are restored on exit, even when the block raises.
 
     Reference: the standard library's ``unittest.mock.patch``, reduced to one purpose.
@@ -56,8 +65,15 @@ def forbid(*dotted_names: str) -> Iterator[None]:
                 raise DelegationError(
                     f"{_name} was called, but this question asks you to implement the operation yourself")
 
-            saved.append((owner, attr, original))
-            setattr(owner, attr, refuse)
+            targets = {(id(owner), attr): (owner, attr)}
+            for name in _ALIAS_MODULES:
+                module = sys.modules.get(name)
+                for alias, value in list(vars(module).items()) if module is not None else ():
+                    if value is original:
+                        targets[(id(module), alias)] = (module, alias)
+            for target, target_attr in targets.values():
+                saved.append((target, target_attr, getattr(target, target_attr)))
+                setattr(target, target_attr, refuse)
         yield
     finally:
         for owner, attr, original in reversed(saved):
