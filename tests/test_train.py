@@ -104,3 +104,15 @@ def test_pick_device():
         assert train.pick_device().type == "cuda"
     else:
         assert train.pick_device().type in {"cpu", "mps"}
+
+
+def test_atomic_write_uses_normal_permissions(tmp_path):
+    import os
+
+    from cnncourse.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "hello")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "a.txt").read_text() == "hello"
