@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from cnncourse import __version__, transfer
+from cnncourse import __version__, transfer, transfer_experiment
 from cnncourse.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="lenet5_mnist04")
-    p.add_argument("--targets", nargs="+", default=list(transfer.TARGETS))
+    p.add_argument("--targets", nargs="+", default=list(transfer_experiment.TARGETS))
     p.add_argument("--sizes", nargs="+", type=int, default=[10, 100, 1000])
     p.add_argument("--strategies", nargs="+", default=list(transfer.STRATEGIES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                "started": started.isoformat(timespec="seconds"), "complete": complete,
                "runs_done": len(rows), "runs_total": total, "wall_seconds": round(time.perf_counter() - t0, 1),
                "library_version": __version__, "torch": torch.__version__, "config": config,
-               "summary": transfer.summarize(rows), "runs": rows}
+               "summary": transfer_experiment.summarize(rows), "runs": rows}
         atomic_write_text(args.out, json.dumps(doc, indent=1) + "\n")
 
     t0 = time.perf_counter()
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         for target in args.targets:
             for strategy in args.strategies:
-                rows += transfer.run_grid(args.checkpoint, targets=[target], sizes=[size], strategies=[strategy],
+                rows += transfer_experiment.run_grid(args.checkpoint, targets=[target], sizes=[size], strategies=[strategy],
                                           seeds=args.seeds, steps=args.steps, lr=args.lr,
                                           test_size=args.test_size, progress=False)
                 write(complete=False)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from cnncourse import transfer
+from cnncourse import transfer, transfer_experiment
 from cnncourse.data import ImageDataset
 from cnncourse.models.googlenet import googlenet_small
 from cnncourse.models.lenet import lenet5
@@ -233,8 +233,8 @@ def test_features_and_pca():
 def test_summarize_and_plot():
     rows = [{"target": t, "size": n, "strategy": s, "seed": seed, "accuracy": 0.5 + 0.1 * seed}
             for t in ("similar", "different") for n in (10, 100) for s in ("head", "full") for seed in (0, 1, 2)]
-    summary = transfer.summarize(rows)
+    summary = transfer_experiment.summarize(rows)
     assert len(summary) == 8
     assert summary[0]["mean"] == pytest.approx(0.6) and summary[0]["std"] == pytest.approx(0.1)
-    fig = transfer.plot_grid(summary)
+    fig = transfer_experiment.plot_grid(summary)
     assert len(fig.axes) == 2 and len(fig.axes[0].get_lines()) >= 2
