@@ -47,23 +47,64 @@ def _cmd_assign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_kwargs(pairs: list[str], builder=None) -> dict[str, object]:
+    """``["depth=20", "residual=false"]`` -> ``{"depth": 20, "residual": False}``.
+
+    A value stays a string when the builder's default for that keyword is a string
+    (``variant=1998`` is the name of a variant, not a number).
+    """
+    import inspect
+
+    defaults = {} if builder is None else {
+        k: p.default for k, p in inspect.signature(builder).parameters.items()}
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --model-arg expects KEY=VALUE, got {pair!r}")
+        lowered = raw.lower()
+        if isinstance(defaults.get(key), str):
+            out[key] = raw
+        elif lowered in ("true", "false"):
+            out[key] = lowered == "true"
+        else:
+            try:
+                out[key] = int(raw)
+            except ValueError:
+                try:
+                    out[key] = float(raw)
+                except ValueError:
+                    out[key] = raw
+    return out
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from cnncourse import models, train
     from cnncourse.data import load_dataset, pad_to
+    from cnncourse.models.lenet import LeNet5, lenet1998_loss, paper_scaling
 
-    model = models.get_model(args.model, **dict(kv.split("=", 1) for kv in args.model_arg))
+    if args.model not in models.list_models():
+        raise SystemExit(f"error: unknown model {args.model!r}; expected one of: {', '.join(models.list_models())}")
+    kwargs = _model_kwargs(args.model_arg, getattr(models, args.model))
+    model = models.get_model(args.model, **kwargs)
     tr, te = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
     if args.train_size:
         tr = tr.take(args.train_size, seed=args.seed)
-    transform = pad_to(args.pad_to) if args.pad_to else None
+    size = getattr(model, "input_size", (1, 28, 28))[-1]
+    transform, loss_fn = (pad_to(size) if size != 28 else None), None
+    if isinstance(model, LeNet5):
+        # The 1998 network: the paper's input scaling and its RBF criterion (eq. 9).
+        transform = paper_scaling(tr.mean, tr.std)
+        loss_fn = lenet1998_loss
     hist = train.fit(model, tr, te, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
-                     batch_size=args.batch_size, seed=args.seed, transform=transform,
+                     batch_size=args.batch_size, seed=args.seed, transform=transform, loss_fn=loss_fn,
                      progress=not args.no_progress)
     print(hist)
     print(f"final test accuracy: {hist.last['val_acc']:.4f}")
     if args.out:
-        train.save_checkpoint(args.out, model, model=args.model, dataset=args.dataset, epochs=args.epochs,
-                              seed=args.seed, test_accuracy=hist.last["val_acc"])
+        train.save_checkpoint(args.out, model, model_name=args.model, model_kwargs=kwargs,
+                              dataset=args.dataset, epochs=args.epochs, seed=args.seed,
+                              test_accuracy=hist.last["val_acc"], history=hist.as_dicts())
         print(f"saved {args.out}")
     return 0
 
@@ -93,9 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--train-size", type=int, default=None, help="train on a random subset of this size")
-    t.add_argument("--pad-to", type=int, default=None, help="zero-pad inputs, e.g. 32 for the 1998 LeNet-5")
     t.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="string keyword argument for the model builder (repeatable)")
+                   help="keyword argument for the model builder, e.g. variant=1998 or depth=56 (repeatable); "
+                        "inputs are padded to the model's input_size")
     t.add_argument("--out", type=Path, default=None, help="checkpoint path")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_cmd_train)

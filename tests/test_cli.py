@@ -25,3 +25,26 @@ def test_data_check_reports_missing(tmp_path):
     proc = run("data", "check", env=env)
     assert proc.returncode == 1
     assert proc.stdout.count("missing") == 4 and str(tmp_path) in proc.stdout
+
+
+def test_model_kwargs_are_typed():
+    from cnncourse.cli import _model_kwargs
+    from cnncourse.models import lenet5
+
+    assert _model_kwargs(["depth=20", "residual=false", "lr=0.5"]) == {"depth": 20, "residual": False, "lr": 0.5}
+    assert _model_kwargs(["variant=1998"], lenet5) == {"variant": "1998"}
+
+
+def test_train_command_pads_for_the_1998_lenet_and_saves(tmp_path, data_root):
+    import os
+    out = tmp_path / "ck.pt"
+    proc = run("train", "lenet5", "--model-arg", "variant=1998", "--train-size", "512", "--epochs", "1",
+               "--no-progress", "--out", str(out), env={**os.environ, "CNNCOURSE_DATA": str(data_root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "final test accuracy" in proc.stdout and out.is_file()
+    import torch
+    from cnncourse.models import lenet5
+    from cnncourse.train import load_checkpoint
+    meta = load_checkpoint(out, lenet5(variant="1998"))
+    assert meta["model_kwargs"] == {"variant": "1998"} and meta["epochs"] == 1
+    assert 0.0 <= meta["test_accuracy"] <= 1.0 and len(meta["history"]) == 1
