@@ -7,6 +7,11 @@ STAMP := $(VENV)/.installed
 JB_FLAGS := -W -n --keep-going
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
+# Notebooks run with their own folder as working directory (nbval, the book, the grader's
+# kernels), so a relative data path such as CI's ../shared/data is made absolute here.
+ifdef CNNCOURSE_DATA
+export CNNCOURSE_DATA := $(abspath $(CNNCOURSE_DATA))
+endif
 
 .PHONY: install book book-instructor test unit nbval labs lab clean book-labs
 

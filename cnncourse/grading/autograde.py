@@ -203,6 +203,9 @@ class _Kernel:
         self.client.on_cell_executed = self._on_executed
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg",
                    PYDEVD_DISABLE_FILE_VALIDATION="1", PYTHONHASHSEED="0")
+        if env.get("CNNCOURSE_DATA"):
+            # The kernel runs in a temporary folder: a relative data path would point nowhere.
+            env["CNNCOURSE_DATA"] = os.path.abspath(env["CNNCOURSE_DATA"])
         try:
             self.client.start_new_kernel(cwd=workdir, env=env, preexec_fn=_limit_memory(limits.memory_mb),
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
