@@ -49,3 +49,10 @@ def test_forbid_catches_aliases_and_captured_names():
         __main__.captured_conv(x, w)
     finally:
         del __main__.captured_conv
+
+
+def test_forbid_reports_the_first_name_of_an_aliased_function():
+    with forbid("torch.nn.functional.conv2d", "torch.conv2d"):
+        with pytest.raises(DelegationError, match=r"^torch.nn.functional.conv2d was called"):
+            torch.conv2d(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 2, 2))
+    assert torch.conv2d is F.conv2d

@@ -55,25 +55,30 @@ def forbid(*dotted_names: str) -> Iterator[None]:
 
     Reference: the standard library's ``unittest.mock.patch``, reduced to one purpose.
     """
+    # Resolve everything before patching anything: names may alias one another
+    # (torch.conv2d is torch.nn.functional.conv2d), and the first name given is the one reported.
+    originals: dict[int, tuple[str, Any]] = {}
+    targets: dict[tuple[int, str], tuple[Any, str, int]] = {}
+    for dotted in dotted_names:
+        owner, attr = _resolve(dotted)
+        original = getattr(owner, attr)
+        originals.setdefault(id(original), (dotted, original))
+        targets[(id(owner), attr)] = (owner, attr, id(original))
+    for name in _ALIAS_MODULES:
+        module = sys.modules.get(name)
+        for alias, value in list(vars(module).items()) if module is not None else ():
+            if id(value) in originals and originals[id(value)][1] is value:
+                targets.setdefault((id(module), alias), (module, alias, id(value)))
     saved = []
     try:
-        for dotted in dotted_names:
-            owner, attr = _resolve(dotted)
-            original = getattr(owner, attr)
+        for owner, attr, key in targets.values():
 
-            def refuse(*args: Any, _name: str = dotted, **kwargs: Any) -> Any:
+            def refuse(*args: Any, _name: str = originals[key][0], **kwargs: Any) -> Any:
                 raise DelegationError(
                     f"{_name} was called, but this question asks you to implement the operation yourself")
 
-            targets = {(id(owner), attr): (owner, attr)}
-            for name in _ALIAS_MODULES:
-                module = sys.modules.get(name)
-                for alias, value in list(vars(module).items()) if module is not None else ():
-                    if value is original:
-                        targets[(id(module), alias)] = (module, alias)
-            for target, target_attr in targets.values():
-                saved.append((target, target_attr, getattr(target, target_attr)))
-                setattr(target, target_attr, refuse)
+            saved.append((owner, attr, getattr(owner, attr)))
+            setattr(owner, attr, refuse)
         yield
     finally:
         for owner, attr, original in reversed(saved):
