@@ -10,6 +10,7 @@ Y. LeCun, LeNet-5 demos (http://yann.lecun.com/exdb/lenet/).
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from dataclasses import dataclass
 from typing import Sequence
@@ -271,13 +272,16 @@ def shift_animation(demo: ShiftDemo, channel: int = 0, interval: int = 300) -> a
 def animation_html(anim: animation.Animation) -> str:
     """HTML for an animation: an HTML5 ``<video>`` when ffmpeg is installed, else JavaScript frames.
 
-    Both work offline in a static book page; ``to_jshtml`` needs only Pillow.
+    Both work offline in a static book page; ``to_jshtml`` needs only Pillow. Its player links
+    Font Awesome 4 from a CDN for the button icons; that link is dropped, so the page makes no
+    request to another host (the book theme ships Font Awesome, which draws the same icons).
 
     Reference: https://matplotlib.org/stable/api/_as_gen/matplotlib.animation.Animation.html
     """
     if shutil.which("ffmpeg"):
         return anim.to_html5_video()
-    return anim.to_jshtml(default_mode="loop")
+    return re.sub(r'<link rel="stylesheet"\s+href="https?://[^"]*font-awesome[^"]*">', "",
+                  anim.to_jshtml(default_mode="loop"))
 
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:

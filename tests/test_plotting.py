@@ -85,6 +85,7 @@ def test_shift_strip_and_animation(model):
     assert isinstance(anim, FuncAnimation)
     html = animation_html(anim)
     assert "<video" in html or "<script" in html
+    assert "http://" not in html and "https://" not in html, "the animation must not fetch from another host"
 
 
 def test_confusion_matrix_counts():
