@@ -72,6 +72,7 @@ def run(name: str, model, train, test, *, epochs: int, optimizer, lr_at, transfo
         "model": name, "params": count_parameters(model), "epochs_planned": epochs, "train_images": len(train),
         "optimizer": type(optimizer).__name__, "loss": loss_name, "epochs": [], "status": "running",
     }  # fmt: skip
+    record["command"] = results["command"]
     results["runs"][name] = record
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
@@ -120,6 +121,10 @@ def main() -> None:
         "paper_test_error_pct": {"lenet5-1998": 0.95, "lenet5-1998-distorted": 0.8, "lenet_caffe_claim": 0.62},
         "runs": {},
     }  # fmt: skip
+    if OUT.exists():
+        # Keep the recorded runs this invocation does not redo; each run carries its own command.
+        previous = json.loads(OUT.read_text())["runs"]
+        results["runs"] = {k: v for k, v in previous.items() if k not in args.runs.split(",")}
     scale = paper_scaling(train.mean, train.std)
     if args.loss == "eq9":
         loss_1998, loss_name = (lambda s, y: lenet1998_loss(s, y, j=1.0)), "paper eq. (9), j=1"
