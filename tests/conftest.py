@@ -22,6 +22,21 @@ def data_root() -> Path:
     return Path(root)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread, restoring the count afterwards.
+
+    On a shared, oversubscribed CPU, intra-op threads spin-wait on each other and small
+    convolutions run tens of times slower; one thread is also deterministic.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def mnist_train(data_root):
     from cnncourse.data import load_dataset

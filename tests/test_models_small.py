@@ -21,14 +21,7 @@ alexnet_mod, googlenet_mod, resnet_mod, vgg_mod = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, oversubscribed CPU, intra-op threads spin-wait on each other and small
-    # convolutions run tens of times slower; one thread is also deterministic.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _n_params(model: nn.Module) -> int:

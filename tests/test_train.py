@@ -22,7 +22,8 @@ def test_fit_learns_and_records_history(small):
     model = tiny_cnn()
     hist = train.fit(model, tr, va, epochs=2, lr=3e-3, batch_size=64, seed=0, progress=False, device="cpu")
     assert [e["epoch"] for e in hist.epochs] == [1, 2]
-    assert set(hist.last) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
+    columns = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
+    assert set(hist.last) == columns
     assert hist["train_loss"][1] < hist["train_loss"][0]
     assert hist.last["val_acc"] > 0.8
     assert "val_acc" in str(hist) and len(hist.as_dicts()) == 2
