@@ -106,13 +106,10 @@ def load_lab(path: str | os.PathLike) -> LabSpec:
         ids.append(gid)
         if meta.get("grade"):
             lines = cell.source.splitlines()
-            hidden_lines: set[int] = set()
-            for r in find_regions(cell.source, index, path):
-                if r.kind == BEGIN_HIDDEN:
-                    hidden_lines.update(range(r.start, r.end + 1))
-            public = "\n".join(line for i, line in enumerate(lines) if i not in hidden_lines)
-            hidden = "\n".join(lines[i] for i in sorted(hidden_lines) if lines[i].strip() not in
-                               ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"))
+            regions = [r for r in find_regions(cell.source, index, path) if r.kind == BEGIN_HIDDEN]
+            marked = {i for r in regions for i in range(r.start, r.end + 1)}  # markers included
+            public = "\n".join(line for i, line in enumerate(lines) if i not in marked)
+            hidden = "\n".join(lines[i] for r in regions for i in range(r.start + 1, r.end))
             tests.append(TestCell(gid, float(meta.get("points", 0)), public, hidden))
     if not tests:
         raise ValueError(f"{path}: expected graded test cells (nbgrader grade=True with a grade_id), found none")
