@@ -229,8 +229,8 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         name: ``"mnist"`` or ``"fashion-mnist"``.
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
         root: a folder holding ``MNIST/raw`` or ``FashionMNIST/raw``; searched first.
-        download: ``None`` downloads into ``~/.cache/cnncourse`` only when the files are
-            found nowhere; ``False`` never downloads; ``True`` downloads when missing too.
+        download: ``None`` (the default) or ``True`` download into ``~/.cache/cnncourse``
+            through torchvision when the files are found nowhere; ``False`` never downloads.
 
     Returns:
         An :class:`ImageDataset` with images ``(N, 1, 28, 28)`` uint8 and labels ``(N,)`` int64.
