@@ -30,11 +30,14 @@ Reference: W. Luo et al., "Understanding the effective receptive field in deep C
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
+
+from cnncourse.utils import eval_mode
 
 __all__ = ["LayerRow", "ReceptiveField", "Summary", "count_parameters", "flops", "receptive_field", "summary"]
 
@@ -232,15 +235,12 @@ def summary(model: nn.Module, input_size: Sequence[int], *, show_elementwise: bo
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in leaves]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return Summary(rows, size, count_parameters(model, trainable_only=False), count_parameters(model))
 
 
@@ -323,13 +323,13 @@ def _connections(module: nn.Module, inp: torch.Tensor | None, out_shape: tuple[i
     custom = getattr(module, "connections", None)
     if callable(custom):
         return int(custom(out_shape))
-    n_out = _numel(out_shape)
+    n_out = math.prod(out_shape)
     if _is_conv(module):
         return n_out * (module.weight[0].numel() + (getattr(module, "bias", None) is not None))
     if isinstance(module, nn.Linear):
         return n_out * (module.in_features + (module.bias is not None))
     if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and inp is not None:
-        return _numel(inp.shape[1:])
+        return math.prod(inp.shape[1:])
     if hasattr(module, "kernel_size") and count_parameters(module, trainable_only=False) == 0:
         k = _pair(module.kernel_size)  # parameter-free pooling: each output reads one window
         return n_out * k[0] * k[1]
@@ -339,22 +339,15 @@ def _connections(module: nn.Module, inp: torch.Tensor | None, out_shape: tuple[i
 
 
 def _macs(module: nn.Module, out_shape: tuple[int, ...]) -> int:
-    n_out = _numel(out_shape)
+    n_out = math.prod(out_shape)
     if _is_conv(module):
         return n_out * module.weight[0].numel()
     if isinstance(module, nn.Linear):
         return n_out * module.in_features
     if hasattr(module, "dense_weight"):
         # Partial convolutions (LeNet-5's C3): each output position uses each stored kernel once.
-        return _numel(out_shape[1:]) * module.weight.numel()
+        return math.prod(out_shape[1:]) * module.weight.numel()
     return 0
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 def _pair(v: Any) -> Any:

@@ -15,13 +15,11 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
     ok = True
     print(f"{'dataset':<14} {'split':<6} {'status':<9} location")
-    for name in data.dataset_names():
+    for name in args.dataset or data.dataset_names():
         for split in ("train", "test"):
             try:
                 ds = data.load_dataset(name, split, root=args.root, download=False)
-                where = next(r for r in data.candidate_roots(args.root)
-                             if (r / data._SPECS[name].folder / "raw").is_dir())
-                print(f"{name:<14} {split:<6} {'verified':<9} {where} ({len(ds)} images, SHA-256 ok)")
+                print(f"{name:<14} {split:<6} {'verified':<9} {ds.location} ({len(ds)} images, SHA-256 ok)")
             except data.DatasetNotFoundError:
                 ok = False
                 print(f"{name:<14} {split:<6} {'missing':<9} looked in: "
@@ -109,6 +107,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_name(value: str) -> str:
+    """An argparse ``type``: a name from ``data.dataset_names()``.
+
+    A ``type`` rather than ``choices``, because ``choices`` would import torch (through
+    ``cnncourse.data``) whenever the parser is built, ``--help`` included.
+    """
+    from cnncourse.data import dataset_names
+
+    if value not in dataset_names():
+        raise argparse.ArgumentTypeError(f"unknown dataset {value!r}; expected one of: {', '.join(dataset_names())}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m cnncourse`` argument parser."""
     p = argparse.ArgumentParser(prog="python -m cnncourse", description="cnncourse: an open course on CNNs.")
@@ -118,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True)
     check = dsub.add_parser("check", help="list which datasets are found where, with checksums")
     check.add_argument("--root", default=None, help="a data folder to search first")
+    check.add_argument("--dataset", action="append", type=_dataset_name, default=None,
+                       help="check only this dataset (repeatable; default all)")
     check.set_defaults(func=_cmd_data_check)
 
     a = sub.add_parser("assign", help="release student versions of source labs")
@@ -127,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a registered model and save a checkpoint")
     t.add_argument("model", help="a name from cnncourse.models.list_models()")
-    t.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    t.add_argument("--dataset", default="mnist", type=_dataset_name, help="a name from data.dataset_names()")
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])

@@ -150,6 +150,31 @@ def _find(spec: _Spec, split: str, roots: Sequence[Path]) -> Path | None:
     return None
 
 
+def _spec(name: str, split: str) -> tuple[str, _Spec]:
+    key = name.lower().replace("_", "-")
+    if key not in _SPECS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {dataset_names()}")
+    if split not in _SPLIT_PREFIX:
+        raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
+    return key, _SPECS[key]
+
+
+def locate(name: str, split: str = "train", root: str | os.PathLike | None = None) -> Path | None:
+    """The folder :func:`load_dataset` reads ``name``/``split`` from, or ``None`` when it is nowhere.
+
+    The same search as the loader (``root``, ``$CNNCOURSE_DATA``, the cache, in that order), so
+    a caller reporting where data lives can never disagree with where it is loaded from.
+
+    Returns:
+        The ``.../<Folder>/raw`` directory holding both IDX files of the split; checksums are not checked.
+
+    Raises:
+        ValueError: unknown name or split.
+    """
+    _, spec = _spec(name, split)
+    return _find(spec, split, candidate_roots(root))
+
+
 def _download(spec: _Spec, split: str) -> None:
     import torchvision.datasets as tvd
 
@@ -165,19 +190,21 @@ class ImageDataset(Dataset):
         classes: class names; ``labels`` index into it.
         mean, std: the training-set pixel statistics (on the 0-1 scale) used to normalise.
         name: a short description, e.g. ``"mnist/train"``.
+        location: the folder the files were read from (see :func:`locate`), or ``None`` when built in memory.
 
     ``dataset[i]`` returns ``(image, label)`` with the image as float in [0, 1], so it also
     works with ``torch.utils.data.DataLoader``; for speed use :class:`BatchLoader`.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
-                 mean: float, std: float, name: str = "dataset") -> None:
+                 mean: float, std: float, name: str = "dataset", location: Path | None = None) -> None:
         if images.dim() != 4 or images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
             raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
         self.images, self.labels = images, labels.long()
         self.classes, self.mean, self.std, self.name = list(classes), float(mean), float(std), name
+        self.location = location
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -191,7 +218,8 @@ class ImageDataset(Dataset):
     def subset(self, indices: torch.Tensor | Sequence[int]) -> ImageDataset:
         """A new dataset with the rows at ``indices`` (a list, index tensor or bool mask)."""
         idx = torch.as_tensor(indices)
-        return ImageDataset(self.images[idx], self.labels[idx], self.classes, self.mean, self.std, self.name)
+        return ImageDataset(self.images[idx], self.labels[idx], self.classes, self.mean, self.std, self.name,
+                            self.location)
 
     def filter_classes(self, classes: Sequence[int], relabel: bool = True) -> ImageDataset:
         """Keep only the labels in ``classes``; with ``relabel`` they become ``0..k-1`` in the given order."""
@@ -244,12 +272,7 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     Reference: LeCun et al., "Gradient-based learning applied to document recognition"
     (1998) for MNIST; Xiao et al., arXiv:1708.07747 (2017) for Fashion-MNIST.
     """
-    key = name.lower().replace("_", "-")
-    if key not in _SPECS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {dataset_names()}")
-    if split not in _SPLIT_PREFIX:
-        raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
-    spec = _SPECS[key]
+    key, spec = _spec(name, split)
     roots = candidate_roots(root)
     raw = _find(spec, split, roots)
     if raw is None and download is not False:
@@ -275,7 +298,7 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         verify_file(f, spec.sha256[f.name])
     images = torch.from_numpy(_read_idx(img_file).copy()).unsqueeze(1)
     labels = torch.from_numpy(_read_idx(lbl_file).astype(np.int64))
-    return ImageDataset(images, labels, spec.classes, spec.mean, spec.std, f"{key}/{split}")
+    return ImageDataset(images, labels, spec.classes, spec.mean, spec.std, f"{key}/{split}", location=raw)
 
 
 Transform = Callable[[torch.Tensor], torch.Tensor]

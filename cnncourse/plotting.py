@@ -21,6 +21,9 @@ import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
 
+from cnncourse.data import shift_images
+from cnncourse.utils import eval_mode
+
 __all__ = [
     "ShiftDemo",
     "animation_html",
@@ -100,14 +103,12 @@ def capture_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str]
     out: dict[str, torch.Tensor] = {}
     handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: out.__setitem__(n, o.detach().cpu()))
                for n in layers]  # fmt: skip
-    was_training = model.training
     try:
-        model.eval()
-        out["output"] = model(x).detach().cpu()
+        with eval_mode(model):
+            out["output"] = model(x).detach().cpu()
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return out
 
 
@@ -166,22 +167,6 @@ class ShiftDemo:
         return self.scores.argmax(1).tolist()
 
 
-def _shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """Translate a (1, C, H, W) image, filling the uncovered border with the image's background value."""
-    bg = x[..., :1, :1]
-    out = torch.roll(x - bg, shifts=(dy, dx), dims=(-2, -1))
-    h, w = x.shape[-2:]
-    if dx > 0:
-        out[..., :, : min(dx, w)] = 0
-    elif dx < 0:
-        out[..., :, max(w + dx, 0) :] = 0
-    if dy > 0:
-        out[..., : min(dy, h), :] = 0
-    elif dy < 0:
-        out[..., max(h + dy, 0) :, :] = 0
-    return out + bg
-
-
 @torch.no_grad()
 def shift_demo(model: nn.Module, image: torch.Tensor, shifts: Sequence[int] = range(-6, 7, 2),
                layers: Sequence[str] = (), vertical: bool = False) -> ShiftDemo:  # fmt: skip
@@ -198,7 +183,8 @@ def shift_demo(model: nn.Module, image: torch.Tensor, shifts: Sequence[int] = ra
     Reference: the LeNet-5 translation-invariance demo, http://yann.lecun.com/exdb/lenet/translation.html
     """
     x = _as_batch(image)[:1]
-    frames = [_shift(x, 0 if vertical else s, s if vertical else 0) for s in shifts]
+    bg = x[..., :1, :1]  # the uncovered border takes the background value, not zero
+    frames = [shift_images(x - bg, 0 if vertical else s, s if vertical else 0) + bg for s in shifts]
     batch = torch.cat(frames)
     acts = capture_activations(model, batch, layers)
     return ShiftDemo(list(shifts), batch[:, 0].cpu(), {n: acts[n] for n in layers}, acts["output"])

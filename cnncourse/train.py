@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from cnncourse.data import BatchLoader, ImageDataset, Transform
 from cnncourse.io import atomic_write_bytes
+from cnncourse.utils import eval_mode
 
 
 def set_seed(seed: int) -> None:
@@ -182,14 +183,12 @@ def evaluate(model: nn.Module, data: ImageDataset, *, batch_size: int = 512, tra
     """
     dev = pick_device(device)
     loss_fn = loss_fn or F.cross_entropy
-    was_training = model.training
-    model.to(dev).eval()
     loss_sum, correct = 0.0, 0
-    for x, y in BatchLoader(data, batch_size, transform=transform, device=dev):
-        logits = model(x)
-        loss_sum += loss_fn(logits, y).item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-    model.train(was_training)
+    with eval_mode(model.to(dev)):
+        for x, y in BatchLoader(data, batch_size, transform=transform, device=dev):
+            logits = model(x)
+            loss_sum += loss_fn(logits, y).item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
     return {"loss": loss_sum / len(data), "accuracy": correct / len(data)}
 
 
@@ -201,8 +200,7 @@ def predict(model: nn.Module, images: torch.Tensor | ImageDataset, *, batch_size
     Reference: the evaluation half of :func:`fit`.
     """
     dev = pick_device(device)
-    was_training = model.training
-    model.to(dev).eval()
+    model.to(dev)
     if isinstance(images, ImageDataset):
         batches = (x for x, _ in BatchLoader(images, batch_size, transform=transform, device=dev))
     else:
@@ -210,9 +208,8 @@ def predict(model: nn.Module, images: torch.Tensor | ImageDataset, *, batch_size
             raise ValueError(f"expected images of shape (N, C, H, W), got {tuple(images.shape)}")
         batches = ((transform or (lambda t: t))(images[i:i + batch_size].to(dev))
                    for i in range(0, len(images), batch_size))
-    out = torch.cat([model(x).argmax(1).cpu() for x in batches])
-    model.train(was_training)
-    return out
+    with eval_mode(model):
+        return torch.cat([model(x).argmax(1).cpu() for x in batches])
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **meta: Any) -> None:

@@ -30,6 +30,7 @@ from torch.utils.hooks import RemovableHandle
 
 from cnncourse.data import BatchLoader, ImageDataset
 from cnncourse.train import History, fit, load_checkpoint, set_seed
+from cnncourse.utils import eval_mode
 
 STRATEGIES: dict[str, str] = {
     "head": "train only the new head; the pretrained backbone is frozen",
@@ -385,15 +386,13 @@ def extract_features(model: nn.Module, data: ImageDataset, *, head: str | None =
     head_module = model.get_submodule(head or find_head(model))
     feats: list[torch.Tensor] = []
     handle = head_module.register_forward_pre_hook(lambda m, args: feats.append(args[0].flatten(1).cpu()))
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     try:
-        for x, _ in BatchLoader(data, batch_size, device=device):
-            model(x)
+        with eval_mode(model):
+            for x, _ in BatchLoader(data, batch_size, device=device):
+                model(x)
     finally:
         handle.remove()
-        model.train(was_training)
     return torch.cat(feats)
 
 

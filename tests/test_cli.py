@@ -48,3 +48,33 @@ def test_train_command_pads_for_the_1998_lenet_and_saves(tmp_path, data_root):
     meta = load_checkpoint(out, lenet5(variant="1998"))
     assert meta["model_kwargs"] == {"variant": "1998"} and meta["epochs"] == 1
     assert 0.0 <= meta["test_accuracy"] <= 1.0 and len(meta["history"]) == 1
+
+
+def test_data_check_reports_the_folder_really_used(tmp_path, data_root):
+    """Regression: with the data under $CNNCOURSE_DATA, an empty --root must not be called verified."""
+    import os
+    empty = tmp_path / "empty"
+    (empty / "MNIST" / "raw").mkdir(parents=True)  # the folder exists, the files do not
+    env = {**os.environ, "CNNCOURSE_DATA": str(data_root)}
+    proc = run("data", "check", "--root", str(empty), "--dataset", "mnist", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [l for l in proc.stdout.splitlines() if "verified" in l]
+    assert len(lines) == 2 and all(str(empty) not in l and str(data_root) in l for l in lines), proc.stdout
+
+
+def test_data_check_rejects_unknown_dataset():
+    proc = run("data", "check", "--dataset", "cifar10")
+    assert proc.returncode == 2 and "expected one of: fashion-mnist, mnist" in proc.stderr
+
+
+def test_locate_agrees_with_the_loader(tmp_path, data_root, monkeypatch):
+    from cnncourse import data
+
+    monkeypatch.setenv("CNNCOURSE_DATA", str(data_root))
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)
+    where = data.locate("mnist", "test", root=tmp_path)
+    assert where == data_root / "MNIST" / "raw"
+    assert data.load_dataset("mnist", "test", root=tmp_path).location == where
+    monkeypatch.setenv("CNNCOURSE_DATA", str(tmp_path))
+    monkeypatch.setattr(data, "CACHE_ROOT", tmp_path / "cache")
+    assert data.locate("mnist", "test") is None

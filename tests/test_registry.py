@@ -3,12 +3,60 @@ import torch
 
 from cnncourse import models
 
+# The family's own option each builder accepts (passed through to the model class when the builder
+# does not name it), with the expected effect: every registered model must take it.
+_FAMILY_OPTION = {
+    "alexnet": {"dropout": 0.3}, "alexnet_small": {"dropout": 0.3},
+    "vgg11": {"dropout": 0.3}, "vgg11_bn": {"dropout": 0.3}, "vgg13": {"dropout": 0.3}, "vgg13_bn": {"dropout": 0.3},
+    "vgg16": {"dropout": 0.3}, "vgg16_bn": {"dropout": 0.3}, "vgg19": {"dropout": 0.3}, "vgg19_bn": {"dropout": 0.3},
+    "vgg_small": {"dropout": 0.3},
+    "googlenet": {"dropout": 0.3}, "googlenet_small": {"dropout": 0.3},
+    "lenet5": {"variant": "textbook", "pool": "avg"}, "lenet_caffe": {},
+    "resnet18": {}, "resnet34": {}, "resnet50": {}, "resnet101": {}, "resnet152": {},
+    "cifar_resnet": {"depth": 8, "residual": False},
+}
+
 
 def test_every_builder_is_exported_and_registered():
     names = models.list_models()
     assert {"lenet5", "lenet_caffe", "alexnet", "vgg16", "googlenet", "resnet50", "cifar_resnet"} <= set(names)
     for name in names:
         assert getattr(models, name).__name__ == name, f"cnncourse.models.{name} is not the builder"
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_every_registered_model_takes_the_common_options(name):
+    """num_classes, in_channels (keyword-only) and the family's options; the model states its input_size."""
+    assert name in _FAMILY_OPTION, f"add {name!r} and one of its own options to _FAMILY_OPTION"
+    builder = getattr(models, name)
+    with pytest.raises(TypeError):
+        builder(**{k: v for k, v in _FAMILY_OPTION[name].items() if k in ("variant", "depth")}, num_classes=4,
+                in_channels=2, no_such_option=1)
+    model = models.get_model(name, num_classes=4, in_channels=2, **_FAMILY_OPTION[name])
+    c, h, w = model.input_size
+    assert c == 2
+    if h > 64:  # ImageNet-sized: a forward pass costs seconds, so check the head and stem only
+        first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        assert first.in_channels == 2 and last.out_features == 4
+    else:
+        with torch.no_grad():
+            assert model.eval()(torch.randn(2, c, h, w)).shape == (2, 4)
+    if "dropout" in _FAMILY_OPTION[name]:
+        ps = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        assert ps == {0.3}, f"{name}: dropout=0.3 was dropped, got {ps}"
+
+
+def test_builders_take_options_by_keyword_only():
+    with pytest.raises(TypeError):
+        models.vgg16(10)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        models.cifar_resnet(20, True)  # type: ignore[misc]
+
+
+def test_vgg16_passes_dropout_through():
+    model = models.get_model("vgg16", dropout=0.3)
+    assert [m.p for m in model.classifier if isinstance(m, torch.nn.Dropout)] == [0.3, 0.3]
 
 
 @pytest.mark.parametrize("name,kwargs,shape", [

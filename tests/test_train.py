@@ -117,3 +117,42 @@ def test_atomic_write_uses_normal_permissions(tmp_path):
     os.umask(umask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "a.txt").read_text() == "hello"
+
+
+class _Raises(torch.nn.Module):
+    """A model whose forward fails after the first batch, with a BatchNorm already in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(1)
+        self.fc = torch.nn.Linear(28 * 28, 10)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        assert not self.training, "evaluate/predict must run in eval mode"
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("call", ["evaluate", "predict"])
+def test_evaluate_and_predict_restore_modes_when_the_model_raises(call, mnist_train):
+    from cnncourse import train
+
+    model = _Raises().train()
+    model.bn.eval()  # a frozen layer: must come back in eval mode, the rest in train mode
+    with pytest.raises(RuntimeError, match="boom"):
+        getattr(train, call)(model, mnist_train.take(8), device="cpu")
+    assert model.calls == 1
+    assert model.training and model.fc.training and not model.bn.training
+
+
+def test_eval_mode_restores_each_submodule():
+    from cnncourse.utils import eval_mode
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout()).train()
+    model[1].eval()
+    with pytest.raises(ValueError):
+        with eval_mode(model):
+            assert not any(m.training for m in model.modules())
+            raise ValueError
+    assert [m.training for m in model.modules()] == [True, True, False]

@@ -16,17 +16,15 @@ parallelizing convolutional neural networks", arXiv:1404.5997, 2014.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
+from cnncourse.models._common import check_input
 from cnncourse.models._registry import register_model
 
 __all__ = ["AlexNet", "AlexNetSmall", "alexnet", "alexnet_small"]
-
-
-def _check_input(x: torch.Tensor, in_channels: int) -> None:
-    if x.dim() != 4 or x.shape[1] != in_channels:
-        raise ValueError(f"expected input of shape (N, {in_channels}, H, W), got {tuple(x.shape)}")
 
 
 def _activation(name: str) -> nn.Module:
@@ -65,6 +63,7 @@ class AlexNet(nn.Module):
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> None:
         super().__init__()
         self.in_channels = in_channels
+        self.input_size = (in_channels, 224, 224)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2),
             nn.ReLU(inplace=True),
@@ -92,7 +91,7 @@ class AlexNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_channels)
+        check_input(x, (self.in_channels, None, None))
         x = self.features(x)  # (N, 256, 6, 6) at 224x224
         x = self.avgpool(x)  # (N, 256, 6, 6)
         x = torch.flatten(x, 1)  # (N, 9216)
@@ -140,6 +139,7 @@ class AlexNetSmall(nn.Module):
         if groups not in (1, 2):
             raise ValueError(f"groups must be 1 or 2, got {groups}")
         self.in_channels = in_channels
+        self.input_size = (in_channels, 28, 28)
         _activation(activation)  # validate the name before building anything
 
         def norm() -> list[nn.Module]:
@@ -174,7 +174,7 @@ class AlexNetSmall(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_channels)
+        check_input(x, (self.in_channels, None, None))
         x = self.features(x)  # (N, 64, 2, 2) at 28x28
         x = self.avgpool(x)  # (N, 64, 2, 2)
         x = torch.flatten(x, 1)  # (N, 256)
@@ -182,13 +182,14 @@ class AlexNetSmall(nn.Module):
 
 
 @register_model
-def alexnet(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> AlexNet:
+def alexnet(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5, **kwargs: Any) -> AlexNet:
     """Build the ImageNet AlexNet (61,100,840 parameters at 1000 classes, 3 channels).
 
     Args:
         num_classes: number of output logits.
         in_channels: input channels.
         dropout: classifier dropout probability.
+        **kwargs: passed on to ``AlexNet``.
 
     Returns:
         An ``AlexNet`` whose ``state_dict`` keys equal ``torchvision.models.alexnet()``'s.
@@ -199,17 +200,19 @@ def alexnet(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5)
 
     Reference: Krizhevsky et al., NeurIPS 2012; Krizhevsky, arXiv:1404.5997.
     """
-    return AlexNet(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
+    return AlexNet(num_classes=num_classes, in_channels=in_channels, dropout=dropout, **kwargs)
 
 
 @register_model
 def alexnet_small(
-    in_channels: int = 1,
+    *,
     num_classes: int = 10,
+    in_channels: int = 1,
     activation: str = "relu",
     dropout: float = 0.5,
     groups: int = 1,
     lrn: bool = False,
+    **kwargs: Any,
 ) -> AlexNetSmall:
     """Build the 28x28 AlexNet twin; see ``AlexNetSmall`` for the arguments.
 
@@ -225,4 +228,5 @@ def alexnet_small(
         dropout=dropout,
         groups=groups,
         lrn=lrn,
+        **kwargs,
     )

@@ -21,17 +21,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnncourse.models._common import check_input
 from cnncourse.models._registry import register_model
 
 __all__ = [
     "BasicConv2d", "GoogLeNet", "GoogLeNetOutputs", "GoogLeNetSmall", "Inception", "InceptionAux",
     "InceptionFactorized", "googlenet", "googlenet_small",
 ]
-
-
-def _check_input(x: torch.Tensor, in_channels: int) -> None:
-    if x.dim() != 4 or x.shape[1] != in_channels:
-        raise ValueError(f"expected input of shape (N, {in_channels}, H, W), got {tuple(x.shape)}")
 
 
 class GoogLeNetOutputs(NamedTuple):
@@ -268,6 +264,7 @@ class GoogLeNet(nn.Module):
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
+        self.input_size = (in_channels, 224, 224)
         self.aux_logits = aux_logits
         k = kernel_5x5
         self.conv1 = BasicConv2d(in_channels, 64, kernel_size=7, stride=2, padding=3)
@@ -301,7 +298,7 @@ class GoogLeNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, GoogLeNetOutputs]:
-        _check_input(x, self.in_channels)
+        check_input(x, (self.in_channels, None, None))
         x = self.conv1(x)  # (N, 64, 112, 112) at 224x224
         x = self.maxpool1(x)  # (N, 64, 56, 56)
         x = self.conv2(x)  # (N, 64, 56, 56)
@@ -348,6 +345,7 @@ class GoogLeNetSmall(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, dropout: float = 0.2) -> None:
         super().__init__()
         self.in_channels = in_channels
+        self.input_size = (in_channels, 28, 28)
         self.conv1 = BasicConv2d(in_channels, 32, kernel_size=3, padding=1)
         self.maxpool1 = nn.MaxPool2d(3, stride=2, padding=1)
         self.conv2 = BasicConv2d(32, 48, kernel_size=3, padding=1)
@@ -362,7 +360,7 @@ class GoogLeNetSmall(nn.Module):
         self.fc = nn.Linear(160, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_channels)
+        check_input(x, (self.in_channels, None, None))
         x = self.conv1(x)  # (N, 32, 28, 28)
         x = self.maxpool1(x)  # (N, 32, 14, 14)
         x = self.conv2(x)  # (N, 48, 14, 14)
@@ -377,7 +375,7 @@ class GoogLeNetSmall(nn.Module):
 
 
 @register_model
-def googlenet(num_classes: int = 1000, aux_logits: bool = False, in_channels: int = 3) -> GoogLeNet:
+def googlenet(*, num_classes: int = 1000, in_channels: int = 3, aux_logits: bool = False, **kwargs) -> GoogLeNet:
     """Build GoogLeNet for ImageNet (6,624,904 parameters without auxiliary heads).
 
     Args:
@@ -385,6 +383,7 @@ def googlenet(num_classes: int = 1000, aux_logits: bool = False, in_channels: in
         aux_logits: add the two auxiliary classifiers (then ``forward`` returns
             ``GoogLeNetOutputs``).
         in_channels: input channels.
+        **kwargs: passed on to ``GoogLeNet`` (``dropout``, ``kernel_5x5``, ...).
 
     Returns:
         A ``GoogLeNet`` whose ``state_dict`` matches
@@ -395,13 +394,13 @@ def googlenet(num_classes: int = 1000, aux_logits: bool = False, in_channels: in
 
     Reference: Szegedy et al., CVPR 2015.
     """
-    return GoogLeNet(num_classes=num_classes, aux_logits=aux_logits, in_channels=in_channels)
+    return GoogLeNet(num_classes=num_classes, aux_logits=aux_logits, in_channels=in_channels, **kwargs)
 
 
 @register_model
-def googlenet_small(in_channels: int = 1, num_classes: int = 10, dropout: float = 0.2) -> GoogLeNetSmall:
+def googlenet_small(*, num_classes: int = 10, in_channels: int = 1, dropout: float = 0.2, **kwargs) -> GoogLeNetSmall:
     """Build the 28x28 GoogLeNet twin; see ``GoogLeNetSmall``.
 
     Reference: Szegedy et al., CVPR 2015.
     """
-    return GoogLeNetSmall(in_channels=in_channels, num_classes=num_classes, dropout=dropout)
+    return GoogLeNetSmall(in_channels=in_channels, num_classes=num_classes, dropout=dropout, **kwargs)

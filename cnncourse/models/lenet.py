@@ -7,13 +7,15 @@ section II.C (loss), appendix A (squashing function and initialisation).
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnncourse.models._common import check_input
 from cnncourse.models._registry import register_model
 
 __all__ = [
@@ -129,7 +131,7 @@ class Subsampling(nn.Module):
 
     def connections(self, output_shape: Sequence[int]) -> int:
         """Paper-style connections per example: each output reads K*K inputs plus the bias."""
-        return _numel(output_shape) * (self.kernel_size**2 + 1)
+        return math.prod(output_shape) * (self.kernel_size**2 + 1)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, kernel_size={self.kernel_size}"
@@ -180,7 +182,7 @@ class PartialConv2d(nn.Module):
 
     def connections(self, output_shape: Sequence[int]) -> int:
         """Paper-style connections per example: every output position uses every kernel once."""
-        spatial = _numel(output_shape[1:])
+        spatial = math.prod(output_shape[1:])
         return spatial * (self.weight.numel() + self.bias.numel())
 
     def extra_repr(self) -> str:
@@ -303,7 +305,7 @@ class LeNet5(nn.Module):
         self.c3.bias.copy_((torch.rand(16) * 2 - 1) * 2.4 / fan_in_per_map)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.input_size)
+        check_input(x, self.input_size)
         x = self.act(self.c1(x))  # (N, 6, 28, 28)
         x = self.act(self.s2(x))  # (N, 6, 14, 14)
         x = self.act(self.c3(x))  # (N, 16, 10, 10)
@@ -360,7 +362,7 @@ class LeNet5Textbook(nn.Module):
         ))  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.input_size)
+        check_input(x, self.input_size)
         x = self.features(x)  # (N, 16, 5, 5)
         return self.classifier(torch.flatten(x, 1))  # (N, num_classes)
 
@@ -390,7 +392,7 @@ class LeNetCaffe(nn.Module):
         ))  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.input_size)
+        check_input(x, self.input_size)
         x = self.features(x)  # (N, 50, 4, 4)
         return self.classifier(torch.flatten(x, 1))  # (N, num_classes)
 
@@ -404,6 +406,7 @@ def lenet5(
     activation: str | None = None,
     pool: str | None = None,
     input_size: int | None = None,
+    **kwargs: Any,
 ) -> nn.Module:
     """Build LeNet-5: ``variant="1998"`` (the paper's) or ``"textbook"`` (today's simplified form).
 
@@ -414,6 +417,7 @@ def lenet5(
         activation: textbook only, ``"relu"`` (default) or ``"tanh"``.
         pool: textbook only, ``"max"`` (default) or ``"avg"``.
         input_size: 32 for the 1998 network; 28 (default, conv1 padding 2) or 32 for the textbook one.
+        **kwargs: passed on to ``LeNet5`` or ``LeNet5Textbook``.
 
     Reference: LeCun et al. 1998, section II.B.
     """
@@ -424,28 +428,16 @@ def lenet5(
             raise ValueError(f"the 1998 LeNet-5 has RBF codes for 10 digits, got num_classes={num_classes}")
         if input_size not in (None, 32):
             raise ValueError(f"the 1998 LeNet-5 takes 32x32 inputs, got input_size={input_size}")
-        return LeNet5(in_channels=in_channels)
+        return LeNet5(in_channels=in_channels, **kwargs)
     if variant == "textbook":
-        return LeNet5Textbook(num_classes, in_channels, activation or "relu", pool or "max", input_size or 28)
+        return LeNet5Textbook(num_classes, in_channels, activation or "relu", pool or "max", input_size or 28, **kwargs)
     raise ValueError(f"variant must be '1998' or 'textbook', got {variant!r}")
 
 
 @register_model
-def lenet_caffe(*, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+def lenet_caffe(*, num_classes: int = 10, in_channels: int = 1, **kwargs: Any) -> nn.Module:
     """Build Caffe's 20-50-500 LeNet for 28x28 inputs.
 
     Reference: Caffe MNIST example (BVLC, examples/mnist/lenet.prototxt).
     """
-    return LeNetCaffe(num_classes, in_channels)
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
-def _check_input(x: torch.Tensor, expected: tuple[int, int, int]) -> None:
-    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-        raise ValueError(f"expected input (N, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}")
+    return LeNetCaffe(num_classes, in_channels, **kwargs)

@@ -18,12 +18,13 @@ CVPR 2016, Sections 3.3 and 4.2, Tables 1 and 6.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnncourse.models._common import check_input
 from cnncourse.models._registry import register_model
 
 __all__ = [
@@ -39,11 +40,6 @@ __all__ = [
     "resnet101",
     "resnet152",
 ]
-
-
-def _check_input(x: torch.Tensor, in_channels: int) -> None:
-    if x.dim() != 4 or x.shape[1] != in_channels:
-        raise ValueError(f"expected input of shape (N, {in_channels}, H, W), got {tuple(x.shape)}")
 
 
 class ZeroPadShortcut(nn.Module):
@@ -216,6 +212,7 @@ class ResNet(nn.Module):
         if len(layers) != 4:
             raise ValueError(f"layers must list 4 stage depths, got {layers}")
         self.in_channels = in_channels
+        self.input_size = (in_channels, 224, 224)
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -236,7 +233,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_channels)
+        check_input(x, (self.in_channels, None, None))
         x = self.relu(self.bn1(self.conv1(x)))  # (N, 64, 112, 112) at 224x224
         x = self.maxpool(x)  # (N, 64, 56, 56)
         x = self.layer1(x)  # (N, 64 * e, 56, 56), e = block.expansion
@@ -276,6 +273,7 @@ class CifarResNet(nn.Module):
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         self.in_channels = in_channels
+        self.input_size = (in_channels, 28, 28)
         self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
@@ -292,7 +290,7 @@ class CifarResNet(nn.Module):
         _init_resnet(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_channels)
+        check_input(x, (self.in_channels, None, None))
         x = self.relu(self.bn1(self.conv1(x)))  # (N, 16, 28, 28) at 28x28
         x = self.layer1(x)  # (N, 16, 28, 28)
         x = self.layer2(x)  # (N, 32, 14, 14)
@@ -303,25 +301,25 @@ class CifarResNet(nn.Module):
 
 
 @register_model
-def resnet18(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+def resnet18(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> ResNet:
     """ResNet-18: ``BasicBlock`` x [2, 2, 2, 2] (11,689,512 parameters).
 
     Reference: He et al., CVPR 2016, Table 1.
     """
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels)
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, **kwargs)
 
 
 @register_model
-def resnet34(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+def resnet34(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> ResNet:
     """ResNet-34: ``BasicBlock`` x [3, 4, 6, 3] (21,797,672 parameters).
 
     Reference: He et al., CVPR 2016, Table 1.
     """
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels)
+    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels, **kwargs)
 
 
 @register_model
-def resnet50(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+def resnet50(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> ResNet:
     """ResNet-50: ``Bottleneck`` x [3, 4, 6, 3] (25,557,032 parameters).
 
     Note:
@@ -329,11 +327,11 @@ def resnet50(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
 
     Reference: He et al., CVPR 2016, Table 1.
     """
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels)
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, **kwargs)
 
 
 @register_model
-def resnet101(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+def resnet101(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> ResNet:
     """ResNet-101: ``Bottleneck`` x [3, 4, 23, 3] (44,549,160 parameters).
 
     Note:
@@ -341,11 +339,11 @@ def resnet101(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
 
     Reference: He et al., CVPR 2016, Table 1.
     """
-    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels)
+    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, **kwargs)
 
 
 @register_model
-def resnet152(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+def resnet152(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> ResNet:
     """ResNet-152: ``Bottleneck`` x [3, 8, 36, 3] (60,192,808 parameters).
 
     Note:
@@ -353,12 +351,12 @@ def resnet152(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
 
     Reference: He et al., CVPR 2016, Table 1.
     """
-    return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, in_channels)
+    return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, in_channels, **kwargs)
 
 
 @register_model
 def cifar_resnet(
-    depth: int = 20, residual: bool = True, in_channels: int = 1, num_classes: int = 10, shortcut: str = "A"
+    depth: int = 20, *, num_classes: int = 10, in_channels: int = 1, residual: bool = True, shortcut: str = "A"
 ) -> CifarResNet:
     """The 6n+2 CIFAR ResNet (or plain net) of depth ``depth``.
 
@@ -367,9 +365,9 @@ def cifar_resnet(
 
     Args:
         depth: total weighted layers, ``6n + 2`` (20, 32, 44, 56, 110, ...).
-        residual: ``False`` gives the plain net of Figure 6 (left).
-        in_channels: input channels.
         num_classes: number of output logits.
+        in_channels: input channels.
+        residual: ``False`` gives the plain net of Figure 6 (left).
         shortcut: ``"A"`` (zero-padding, the paper's CIFAR choice) or ``"B"``.
 
     Raises:

@@ -15,11 +15,12 @@ Image Recognition", ICLR 2015, Table 1.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
+from cnncourse.models._common import check_input
 from cnncourse.models._registry import register_model
 
 __all__ = [
@@ -118,6 +119,7 @@ class VGG(nn.Module):
         pool_size: side ``P`` of the adaptive average pool (7 for ImageNet: 224 / 2^5).
         hidden: width of the hidden fully connected layers (4096 in the paper).
         init_weights: torchvision's initialisation (He-normal convs, N(0, 0.01) linears).
+        input_size: the nominal input ``(C, H, W)``; default ``(in_channels, 224, 224)``.
 
     Note:
         The adaptive average pool comes from torchvision, not the paper (which evaluates
@@ -134,10 +136,12 @@ class VGG(nn.Module):
         pool_size: int = 7,
         hidden: int = 4096,
         init_weights: bool = True,
+        input_size: Optional[tuple[int, int, int]] = None,
     ) -> None:
         super().__init__()
         first_conv = next((m for m in features.modules() if isinstance(m, nn.Conv2d)), None)
         self.in_channels = first_conv.in_channels if first_conv is not None else 0
+        self.input_size = input_size or (self.in_channels, 224, 224)
         self.features = features
         self.avgpool = nn.AdaptiveAvgPool2d((pool_size, pool_size))
         self.classifier = nn.Sequential(
@@ -162,29 +166,28 @@ class VGG(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        check_input(x, (self.in_channels, None, None))
         x = self.features(x)  # (N, 512, 7, 7) at 224x224
         x = self.avgpool(x)  # (N, 512, P, P)
         x = torch.flatten(x, 1)  # (N, 512 * P * P)
         return self.classifier(x)  # (N, num_classes)
 
 
-def _vgg(cfg: str, batch_norm: bool, num_classes: int, in_channels: int) -> VGG:
-    return VGG(make_vgg_features(cfgs[cfg], in_channels, batch_norm), num_classes=num_classes)
+def _vgg(cfg: str, batch_norm: bool, num_classes: int, in_channels: int, **kwargs: Any) -> VGG:
+    return VGG(make_vgg_features(cfgs[cfg], in_channels, batch_norm), num_classes=num_classes, **kwargs)
 
 
 @register_model
-def vgg11(num_classes: int = 1000, in_channels: int = 3) -> VGG:
+def vgg11(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> VGG:
     """VGG-11, config A of Table 1 (132,863,336 parameters).
 
     Reference: Simonyan and Zisserman, ICLR 2015, Table 1 column A.
     """
-    return _vgg("A", False, num_classes, in_channels)
+    return _vgg("A", False, num_classes, in_channels, **kwargs)
 
 
 @register_model
-def vgg11_bn(num_classes: int = 1000, in_channels: int = 3) -> VGG:
+def vgg11_bn(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> VGG:
     """VGG-11 with batch norm after each conv (132,868,840 parameters).
 
     Note:
@@ -192,71 +195,73 @@ def vgg11_bn(num_classes: int = 1000, in_channels: int = 3) -> VGG:
 
     Reference: Simonyan and Zisserman, ICLR 2015, Table 1 column A.
     """
-    return _vgg("A", True, num_classes, in_channels)
+    return _vgg("A", True, num_classes, in_channels, **kwargs)
 
 
 @register_model
-def vgg13(num_classes: int = 1000, in_channels: int = 3) -> VGG:
+def vgg13(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> VGG:
     """VGG-13, config B of Table 1 (133,047,848 parameters).
 
     Reference: Simonyan and Zisserman, ICLR 2015, Table 1 column B.
     """
-    return _vgg("B", False, num_classes, in_channels)
+    return _vgg("B", False, num_classes, in_channels, **kwargs)
 
 
 @register_model
-def vgg13_bn(num_classes: int = 1000, in_channels: int = 3) -> VGG:
+def vgg13_bn(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> VGG:
     """VGG-13 with batch norm after each conv (133,053,736 parameters).
 
     Reference: Simonyan and Zisserman, ICLR 2015, Table 1 column B.
     """
-    return _vgg("B", True, num_classes, in_channels)
+    return _vgg("B", True, num_classes, in_channels, **kwargs)
 
 
 @register_model
-def vgg16(num_classes: int = 1000, in_channels: int = 3) -> VGG:
+def vgg16(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> VGG:
     """VGG-16, config D of Table 1 (138,357,544 parameters).
 
     Reference: Simonyan and Zisserman, ICLR 2015, Table 1 column D.
     """
-    return _vgg("D", False, num_classes, in_channels)
+    return _vgg("D", False, num_classes, in_channels, **kwargs)
 
 
 @register_model
-def vgg16_bn(num_classes: int = 1000, in_channels: int = 3) -> VGG:
+def vgg16_bn(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> VGG:
     """VGG-16 with batch norm after each conv (138,365,992 parameters).
 
     Reference: Simonyan and Zisserman, ICLR 2015, Table 1 column D.
     """
-    return _vgg("D", True, num_classes, in_channels)
+    return _vgg("D", True, num_classes, in_channels, **kwargs)
 
 
 @register_model
-def vgg19(num_classes: int = 1000, in_channels: int = 3) -> VGG:
+def vgg19(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> VGG:
     """VGG-19, config E of Table 1 (143,667,240 parameters).
 
     Reference: Simonyan and Zisserman, ICLR 2015, Table 1 column E.
     """
-    return _vgg("E", False, num_classes, in_channels)
+    return _vgg("E", False, num_classes, in_channels, **kwargs)
 
 
 @register_model
-def vgg19_bn(num_classes: int = 1000, in_channels: int = 3) -> VGG:
+def vgg19_bn(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> VGG:
     """VGG-19 with batch norm after each conv (143,678,248 parameters).
 
     Reference: Simonyan and Zisserman, ICLR 2015, Table 1 column E.
     """
-    return _vgg("E", True, num_classes, in_channels)
+    return _vgg("E", True, num_classes, in_channels, **kwargs)
 
 
 @register_model
 def vgg_small(
     cfg: Union[str, Sequence[CfgEntry]] = "A",
-    batch_norm: bool = False,
-    in_channels: int = 1,
+    *,
     num_classes: int = 10,
+    in_channels: int = 1,
+    batch_norm: bool = False,
     dropout: float = 0.5,
     hidden: int = 256,
+    **kwargs: Any,
 ) -> VGG:
     """A narrow VGG for 28x28 images.
 
@@ -265,11 +270,12 @@ def vgg_small(
 
     Args:
         cfg: a key of ``small_cfgs`` (``"A"``, ``"B"``, ``"D"``) or an explicit config list.
-        batch_norm: batch norm after every conv.
-        in_channels: input channels.
         num_classes: number of output logits.
+        in_channels: input channels.
+        batch_norm: batch norm after every conv.
         dropout: classifier dropout probability.
         hidden: width of the two hidden fully connected layers.
+        **kwargs: passed on to ``VGG`` (``init_weights``).
 
     Returns:
         A ``VGG`` with a 3x3 adaptive average pool.
@@ -284,4 +290,5 @@ def vgg_small(
             raise ValueError(f"cfg must be one of {sorted(small_cfgs)} or a list, got {cfg!r}")
         cfg = small_cfgs[cfg]
     features = make_vgg_features(cfg, in_channels=in_channels, batch_norm=batch_norm)
-    return VGG(features, num_classes=num_classes, dropout=dropout, pool_size=3, hidden=hidden)
+    return VGG(features, num_classes=num_classes, dropout=dropout, pool_size=3, hidden=hidden,
+               input_size=(in_channels, 28, 28), **kwargs)

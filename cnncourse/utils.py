@@ -1,0 +1,31 @@
+"""Small helpers shared by the training, analysis, plotting and transfer modules."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch.nn as nn
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for a ``with`` block, then restore every submodule's own mode.
+
+    Restores even when the block raises, and restores each submodule separately, so a model that
+    came in with some layers already in eval mode (a frozen BatchNorm, say) leaves the same way.
+
+    Example::
+
+        with eval_mode(model):
+            logits = model(x)
+
+    Reference: ``torch.nn.Module.eval``; ``contextlib.contextmanager``.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
