@@ -13,7 +13,7 @@ ifdef CNNCOURSE_DATA
 export CNNCOURSE_DATA := $(abspath $(CNNCOURSE_DATA))
 endif
 
-.PHONY: install book book-instructor test unit nbval labs lab clean book-labs
+.PHONY: install book book-instructor test unit nbval labs lab clean book-labs lint format-check
 
 install: $(STAMP)
 
@@ -53,7 +53,16 @@ unit: install
 nbval: install
 	$(BIN)/python -m pytest --nbval-lax labs/ -q -p no:cacheprovider
 
-test: unit nbval book
+# Lint and type-check the library (configured in pyproject.toml).
+lint: install
+	$(BIN)/ruff check cnncourse
+	$(BIN)/mypy
+
+# Not yet part of `test`: switched on once `ruff format cnncourse` has been applied in one commit.
+format-check: install
+	$(BIN)/ruff format --check cnncourse
+
+test: lint unit nbval book
 	$(BIN)/python -m pytest tests -m book -q
 
 labs: install

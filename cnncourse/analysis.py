@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 import torch.nn as nn
@@ -170,7 +170,7 @@ def receptive_field(model: nn.Module, input_size: Sequence[int]) -> ReceptiveFie
     if not rows:
         raise ValueError("the model has no layer with a (C, H, W) output")
     r = rows[-1]
-    return ReceptiveField(_pair(r.rf_size), _pair(r.rf_jump), _pair(r.rf_start), tuple(r.output_shape[1:]))
+    return ReceptiveField(_pair(r.rf_size), _pair(r.rf_jump), _pair(r.rf_start), _pair(r.output_shape[1:]))
 
 
 def summary(model: nn.Module, input_size: Sequence[int], *, show_elementwise: bool = True) -> Summary:
@@ -319,13 +319,17 @@ def _is_conv(module: nn.Module) -> bool:
         isinstance(weight, torch.Tensor) and weight.dim() == 4 and hasattr(module, "kernel_size"))
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, module.weight)
+
+
 def _connections(module: nn.Module, inp: torch.Tensor | None, out_shape: tuple[int, ...]) -> int:
     custom = getattr(module, "connections", None)
     if callable(custom):
         return int(custom(out_shape))
     n_out = math.prod(out_shape)
     if _is_conv(module):
-        return n_out * (module.weight[0].numel() + (getattr(module, "bias", None) is not None))
+        return n_out * (_weight(module)[0].numel() + (getattr(module, "bias", None) is not None))
     if isinstance(module, nn.Linear):
         return n_out * (module.in_features + (module.bias is not None))
     if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and inp is not None:
@@ -339,14 +343,14 @@ def _connections(module: nn.Module, inp: torch.Tensor | None, out_shape: tuple[i
 
 
 def _macs(module: nn.Module, out_shape: tuple[int, ...]) -> int:
+    custom = getattr(module, "macs", None)
+    if callable(custom):  # a layer that knows its own cost (e.g. a partially connected convolution)
+        return int(custom(out_shape))
     n_out = math.prod(out_shape)
     if _is_conv(module):
-        return n_out * module.weight[0].numel()
+        return n_out * _weight(module)[0].numel()
     if isinstance(module, nn.Linear):
         return n_out * module.in_features
-    if hasattr(module, "dense_weight"):
-        # Partial convolutions (LeNet-5's C3): each output position uses each stored kernel once.
-        return math.prod(out_shape[1:]) * module.weight.numel()
     return 0
 
 

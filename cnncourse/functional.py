@@ -86,7 +86,8 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, 
 
     Reference: https://pytorch.org/docs/stable/generated/torch.nn.Conv2d.html (shape section).
     """
-    for name, value, low in (("size", size, 1), ("kernel", kernel, 1), ("stride", stride, 1), ("dilation", dilation, 1)):
+    checks = (("size", size, 1), ("kernel", kernel, 1), ("stride", stride, 1), ("dilation", dilation, 1))
+    for name, value, low in checks:
         if value < low:
             raise ValueError(f"{name} must be positive, got {value}")
     if padding < 0:
@@ -380,7 +381,9 @@ class _AvgPool2dFunction(torch.autograd.Function):
         return _fold_planes(d_cols, shape, kernel, stride, padding), None, None, None, None
 
 
-def max_pool2d(input: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0) -> Tensor:
+def max_pool2d(
+    input: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
+) -> Tensor:
     """Vectorised max pooling with a hand-written backward (gradient goes to the argmax).
 
     When a window holds several equal maxima, the gradient goes to the first one in row-major
@@ -405,7 +408,9 @@ def max_pool2d(input: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None =
     return _MaxPool2dFunction.apply(input, kernel, stride, padding, out)
 
 
-def avg_pool2d(input: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0) -> Tensor:
+def avg_pool2d(
+    input: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
+) -> Tensor:
     """Vectorised average pooling with a hand-written backward; padded zeros count in the mean.
 
     Matches ``F.avg_pool2d`` with its defaults ``ceil_mode=False, count_include_pad=True``.

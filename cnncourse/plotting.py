@@ -13,7 +13,7 @@ import math
 import re
 import shutil
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, cast
 
 import matplotlib.animation as animation
 import matplotlib.pyplot as plt
@@ -69,7 +69,7 @@ def plot_filters(weight: torch.Tensor | nn.Module, ncols: int = 8, title: str | 
 
     Reference: Zeiler and Fergus, ECCV 2014, Fig. 2 (first-layer filters).
     """
-    w = weight.weight if isinstance(weight, nn.Module) else weight
+    w = cast(torch.Tensor, weight.weight) if isinstance(weight, nn.Module) else weight
     if w.dim() != 4:
         raise ValueError(f"expected a weight (C_out, C_in, K_h, K_w), got {tuple(w.shape)}")
     w = w.detach().float().cpu().mean(dim=1)
@@ -144,9 +144,9 @@ def plot_feature_maps(model: nn.Module, image: torch.Tensor, layers: Sequence[st
         else:
             strip = axes[r, 1:]
             big = fig.add_subplot(len(layers) + 1, 1, r + 1)
-            big.set_position([strip[0].get_position().x0, strip[0].get_position().y0,
+            big.set_position((strip[0].get_position().x0, strip[0].get_position().y0,
                               strip[-1].get_position().x1 - strip[0].get_position().x0,
-                              strip[0].get_position().height])  # fmt: skip
+                              strip[0].get_position().height))  # fmt: skip
             big.imshow(_np(a.reshape(1, -1)), cmap="gray_r", aspect="auto")
             big.axis("off")
     fig.suptitle("feature maps of one digit (dark = high)")

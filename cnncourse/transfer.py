@@ -19,10 +19,11 @@ networks?", NeurIPS 2014; S. Ioffe and C. Szegedy, "Batch Normalization", ICML 2
 
 from __future__ import annotations
 
+import itertools
 import os
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -120,11 +121,14 @@ def unfreeze(model: nn.Module, until: str | None = None) -> list[str]:
     return changed
 
 
-def _last_layer(module: nn.Module, prefix: str) -> str | None:
-    from cnncourse.models.lenet import EuclideanRBF
+def _is_classifier_layer(m: nn.Module) -> bool:
+    # nn.Linear, a 1x1-conv classifier, or any layer exposing nn.Linear's in_features/out_features
+    # (LeNet-5's RBF output units do).
+    return isinstance(m, (nn.Linear, nn.Conv2d)) or (hasattr(m, "in_features") and hasattr(m, "out_features"))
 
-    kinds = (nn.Linear, nn.Conv2d, EuclideanRBF)
-    found = [n for n, m in module.named_modules(prefix=prefix) if isinstance(m, kinds)]
+
+def _last_layer(module: nn.Module, prefix: str) -> str | None:
+    found = [n for n, m in module.named_modules(prefix=prefix) if _is_classifier_layer(m)]
     return found[-1] if found else None
 
 
@@ -147,11 +151,11 @@ def find_head(model: nn.Module) -> str:
 
 
 def _new_head(old: nn.Module, num_classes: int) -> nn.Module:
-    if isinstance(old, nn.Linear):
-        return nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     if isinstance(old, nn.Conv2d):  # SqueezeNet-style 1x1 conv classifier
-        return nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding)
-    return nn.Linear(old.codes.shape[1], num_classes)  # LeNet-5 (1998): the fixed RBF codes become a linear layer
+        k, s, p = old.kernel_size, old.stride, old.padding
+        return nn.Conv2d(old.in_channels, num_classes, k, s, p)  # type: ignore[arg-type]
+    # nn.Linear, or a Linear-like head (LeNet-5's fixed RBF codes): a fresh linear layer of the same input size.
+    return nn.Linear(int(cast(int, old.in_features)), num_classes, bias=getattr(old, "bias", True) is not None)
 
 
 def replace_head(model: nn.Module, num_classes: int) -> str:
@@ -176,8 +180,7 @@ def replace_head(model: nn.Module, num_classes: int) -> str:
                       for n in [_last_layer(getattr(model, a), a)] if n]
     for name in names:
         old = model.get_submodule(name)
-        ref = next(iter(old.parameters()), None)
-        ref = ref if ref is not None else next(iter(old.buffers()))
+        ref = next(itertools.chain(old.parameters(), old.buffers()))
         new = _new_head(old, num_classes).to(device=ref.device, dtype=ref.dtype)
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, new)
@@ -250,7 +253,7 @@ def param_groups(model: nn.Module, lr: float, backbone_lr: float, head: str | No
     Reference: J. Howard and S. Ruder, "Universal Language Model Fine-tuning", ACL 2018, section 3.2.
     """
     head = head or find_head(model)
-    groups = {"backbone": [], "head": []}
+    groups: dict[str, list[nn.Parameter]] = {"backbone": [], "head": []}
     for n, p in model.named_parameters():
         if p.requires_grad:
             groups["head" if n == head or n.startswith(head + ".") else "backbone"].append(p)
@@ -276,8 +279,9 @@ def reinitialize(model: nn.Module) -> None:
         raise ValueError(f"cannot re-initialise {type(model).__name__}: these layers have parameters but no "
                          f"reset_parameters(): {', '.join(stuck)}; build a fresh model instead")
     for m in model.modules():
-        if callable(getattr(m, "reset_parameters", None)):
-            m.reset_parameters()
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
 
 
 def fine_tune(model: nn.Module, data: ImageDataset, strategy: str = "head", *, num_classes: int | None = None,

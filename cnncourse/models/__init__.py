@@ -8,13 +8,40 @@ builders; import the modules as ``cnncourse.models.alexnet`` via ``from ... impo
 
 from cnncourse.models._registry import get_model, list_models
 from cnncourse.models.alexnet import AlexNet, AlexNetSmall, alexnet, alexnet_small
-from cnncourse.models.googlenet import (GoogLeNet, GoogLeNetSmall, Inception, InceptionFactorized, googlenet,
-                                        googlenet_small)
+from cnncourse.models.googlenet import (
+    GoogLeNet,
+    GoogLeNetSmall,
+    Inception,
+    InceptionFactorized,
+    googlenet,
+    googlenet_small,
+)
 from cnncourse.models.lenet import LeNet5, LeNet5Textbook, LeNetCaffe, lenet5, lenet_caffe
-from cnncourse.models.resnet import BasicBlock, Bottleneck, CifarResNet, ResNet, cifar_resnet, resnet18, resnet34, \
-    resnet50, resnet101, resnet152
-from cnncourse.models.vgg import VGG, make_vgg_features, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, \
-    vgg19_bn, vgg_small
+from cnncourse.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    CifarResNet,
+    ResNet,
+    cifar_resnet,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+)
+from cnncourse.models.vgg import (
+    VGG,
+    make_vgg_features,
+    vgg11,
+    vgg11_bn,
+    vgg13,
+    vgg13_bn,
+    vgg16,
+    vgg16_bn,
+    vgg19,
+    vgg19_bn,
+    vgg_small,
+)
 
 __all__ = [
     "AlexNet", "AlexNetSmall", "BasicBlock", "Bottleneck", "CifarResNet", "GoogLeNet", "GoogLeNetSmall", "Inception",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 import torch.nn as nn
@@ -164,6 +164,8 @@ class PartialConv2d(nn.Module):
         self.stride = 1
         self.padding = 0
         self.table = tuple(tuple(t) for t in table)
+        self.out_index: torch.Tensor
+        self.in_index: torch.Tensor
         self.register_buffer("out_index", torch.tensor(out_idx), persistent=False)
         self.register_buffer("in_index", torch.tensor(in_idx), persistent=False)
         self.weight = nn.Parameter(torch.zeros(len(out_idx), kernel_size, kernel_size))
@@ -185,6 +187,10 @@ class PartialConv2d(nn.Module):
         spatial = math.prod(output_shape[1:])
         return spatial * (self.weight.numel() + self.bias.numel())
 
+    def macs(self, output_shape: Sequence[int]) -> int:
+        """Multiply-adds per example: each output position uses each stored kernel once (unlinked maps cost 0)."""
+        return math.prod(output_shape[1:]) * self.weight.numel()
+
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, links={len(self.weight)}"
 
@@ -203,7 +209,18 @@ class EuclideanRBF(nn.Module):
         super().__init__()
         if codes.dim() != 2:
             raise ValueError(f"codes must be (M, D), got {tuple(codes.shape)}")
+        self.codes: torch.Tensor
         self.register_buffer("codes", codes.clone().float())
+
+    @property
+    def in_features(self) -> int:
+        """Input size ``D``, as ``nn.Linear`` names it (so tools can treat this layer as a classifier head)."""
+        return self.codes.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        """Number of classes ``M``, as ``nn.Linear`` names it."""
+        return self.codes.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.codes.shape[1]:
@@ -296,9 +313,11 @@ class LeNet5(nn.Module):
     @torch.no_grad()
     def _init_weights(self) -> None:
         # Appendix A: uniform in (-2.4/F, 2.4/F), F = fan-in, keeps sums in the squashing's linear range.
-        for layer, fan_in in ((self.c1, self.c1.weight[0].numel()), (self.c5, 16 * 25), (self.f6, 120)):
+        layers: tuple[tuple[nn.Conv2d | nn.Linear, int], ...] = (
+            (self.c1, self.c1.weight[0].numel()), (self.c5, 16 * 25), (self.f6, 120))
+        for layer, fan_in in layers:
             nn.init.uniform_(layer.weight, -2.4 / fan_in, 2.4 / fan_in)
-            nn.init.uniform_(layer.bias, -2.4 / fan_in, 2.4 / fan_in)
+            nn.init.uniform_(cast(torch.Tensor, layer.bias), -2.4 / fan_in, 2.4 / fan_in)
         fan_in_per_map = torch.tensor([len(t) * 25 for t in C3_TABLE], dtype=torch.float32)
         bound = (2.4 / fan_in_per_map)[self.c3.out_index].view(-1, 1, 1)
         self.c3.weight.copy_((torch.rand_like(self.c3.weight) * 2 - 1) * bound)
