@@ -78,8 +78,7 @@ def _model_kwargs(pairs: list[str], builder=None) -> dict[str, object]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from cnncourse import models, train
-    from cnncourse.data import load_dataset, pad_to
-    from cnncourse.models.lenet import LeNet5, lenet1998_loss, paper_scaling
+    from cnncourse.data import load_dataset
 
     if args.model not in models.list_models():
         raise SystemExit(f"error: unknown model {args.model!r}; expected one of: {', '.join(models.list_models())}")
@@ -88,12 +87,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     tr, te = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
     if args.train_size:
         tr = tr.take(args.train_size, seed=args.seed)
-    size = getattr(model, "input_size", (1, 28, 28))[-1]
-    transform, loss_fn = (pad_to(size) if size != 28 else None), None
-    if isinstance(model, LeNet5):
-        # The 1998 network: the paper's input scaling and its RBF criterion (eq. 9).
-        transform = paper_scaling(tr.mean, tr.std)
-        loss_fn = lenet1998_loss
+    transform, loss_fn = train.input_pipeline(model, tr)  # what the model declares (e.g. LeNet-5 1998: eq. 9)
     hist = train.fit(model, tr, te, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                      batch_size=args.batch_size, seed=args.seed, transform=transform, loss_fn=loss_fn,
                      progress=not args.no_progress)
@@ -154,10 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_cmd_train)
 
-    from cnncourse import pretrain
+    from cnncourse import cli_pretrain
     from cnncourse.grading import cli_grade
 
-    pretrain.add_parser(sub)
+    cli_pretrain.add_parser(sub)
     cli_grade.add_parser(sub)
     return p
 

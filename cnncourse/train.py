@@ -19,9 +19,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from cnncourse.data import BatchLoader, ImageDataset, Transform
+from cnncourse.data import BatchLoader, ImageDataset, Transform, pad_to
 from cnncourse.io import atomic_write_bytes
 from cnncourse.utils import eval_mode
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def set_seed(seed: int) -> None:
@@ -210,6 +212,29 @@ def predict(model: nn.Module, images: torch.Tensor | ImageDataset, *, batch_size
                    for i in range(0, len(images), batch_size))
     with eval_mode(model):
         return torch.cat([model(x).argmax(1).cpu() for x in batches])
+
+
+def input_pipeline(model: nn.Module, data: ImageDataset) -> tuple[Transform | None, LossFn | None]:
+    """The batch transform and loss that ``model`` declares for ``data``; ``None`` means fit's defaults.
+
+    A model may define ``input_transform(mean, std) -> Transform`` (e.g. the 1998 LeNet-5's input
+    scaling) and ``loss_fn(logits, target)``. Otherwise images smaller than the model's
+    ``input_size`` are zero-padded to it (after normalisation) and the loss is cross-entropy.
+
+    Raises:
+        ValueError: the images are larger than the model's ``input_size``.
+    """
+    make = getattr(model, "input_transform", None)
+    loss_fn = getattr(model, "loss_fn", None)
+    if callable(make):
+        return make(data.mean, data.std), loss_fn
+    size = getattr(model, "input_size", None)
+    h, w = data.images.shape[-2:]
+    if size is None or tuple(size[-2:]) == (h, w):
+        return None, loss_fn
+    if size[-2] < h or size[-1] < w:
+        raise ValueError(f"{type(model).__name__} takes {tuple(size)} inputs, smaller than the {h}x{w} images")
+    return pad_to(int(size[-1])), loss_fn
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **meta: Any) -> None:

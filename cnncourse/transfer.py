@@ -20,9 +20,7 @@ networks?", NeurIPS 2014; S. Ioffe and C. Szegedy, "Batch Normalization", ICML 2
 from __future__ import annotations
 
 import itertools
-import os
 import weakref
-from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -30,7 +28,7 @@ import torch.nn as nn
 from torch.utils.hooks import RemovableHandle
 
 from cnncourse.data import BatchLoader, ImageDataset
-from cnncourse.train import History, fit, load_checkpoint, set_seed
+from cnncourse.train import History, fit, set_seed
 from cnncourse.utils import eval_mode
 
 STRATEGIES: dict[str, str] = {
@@ -318,66 +316,6 @@ def fine_tune(model: nn.Module, data: ImageDataset, strategy: str = "head", *, n
         optimizer = torch.optim.Adam(param_groups(model, lr, backbone_lr))
     return fit(model, data, val, epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, seed=seed,
                device=device, progress=progress, max_batches=max_batches)
-
-
-def load_pretrained(model_name: str, source: Any, *, allow_download: bool = True, **model_kwargs: Any) -> nn.Module:
-    """Build ``model_name`` and load pretrained weights from ``source``.
-
-    ``source`` is one of:
-
-    * a course checkpoint name (``"lenet5_mnist04"``; see ``cnncourse.pretrain.RECIPES``), SHA-256 verified;
-    * a local file holding a state dict, or a checkpoint written by ``cnncourse.train.save_checkpoint``;
-    * a torchvision weights enum (``ResNet18_Weights.IMAGENET1K_V1``) or its name (``"DEFAULT"``), for a
-      torchvision model name. It is downloaded unless already in torch's cache (``torch.hub.get_dir()``).
-
-    Course builders (``cnncourse.models.list_models()``) are tried first, then torchvision's.
-
-    Raises:
-        ValueError: unknown model or source (the message lists the candidates), or a checkpoint for
-            another architecture.
-        FileNotFoundError: torchvision weights not cached and ``allow_download=False``.
-
-    Reference: https://pytorch.org/vision/stable/models.html#using-the-pre-trained-models
-    """
-    import torchvision.models as tvm
-    from torchvision.models import WeightsEnum
-
-    from cnncourse import pretrain
-    from cnncourse.models import get_model, list_models
-
-    if isinstance(source, str) and source in pretrain.RECIPES:
-        expected = pretrain.recipe(source).model
-        if model_name != expected:
-            raise ValueError(f"checkpoint {source!r} holds a {expected!r} model, not {model_name!r}")
-        model = pretrain.build(source)
-        load_checkpoint(pretrain.checkpoint_path(source), model)
-        return model
-    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
-        if model_name in list_models():
-            model = get_model(model_name, **model_kwargs)
-        elif model_name in tvm.list_models():
-            model = tvm.get_model(model_name, weights=None, **model_kwargs)
-        else:
-            raise ValueError(f"unknown model {model_name!r}; course models: {', '.join(list_models())}; "
-                             f"or any of torchvision.models.list_models()")
-        load_checkpoint(source, model)
-        return model
-    if model_name not in tvm.list_models():
-        raise ValueError(f"cannot load {source!r}: it is not a course checkpoint ({', '.join(pretrain.RECIPES)}), "
-                         f"not an existing file, and {model_name!r} is not a torchvision model")
-    enum = tvm.get_model_weights(model_name)
-    if isinstance(source, str):
-        if source not in {"DEFAULT", *enum.__members__}:
-            raise ValueError(f"{model_name!r} has no weights {source!r}; candidates: DEFAULT, "
-                             f"{', '.join(enum.__members__)}; or a course checkpoint: {', '.join(pretrain.RECIPES)}")
-        source = enum[source]
-    if not isinstance(source, WeightsEnum):
-        raise ValueError(f"source must be a checkpoint name, a file or a weights enum, got {type(source).__name__}")
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(source.url)
-    if not cached.is_file() and not allow_download:
-        raise FileNotFoundError(f"{source} is not in torch's cache ({cached}) and allow_download=False; "
-                                f"go online once or copy the file there")
-    return tvm.get_model(model_name, weights=source, **model_kwargs)
 
 
 @torch.no_grad()

@@ -14,9 +14,10 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from cnncourse.checkpoints import load_pretrained, recipe
 from cnncourse.data import ImageDataset, load_dataset
 from cnncourse.train import evaluate
-from cnncourse.transfer import STRATEGIES, fine_tune, load_pretrained
+from cnncourse.transfer import STRATEGIES, fine_tune
 
 TARGETS: dict[str, tuple[str, tuple[int, ...] | None]] = {
     "similar": ("mnist", (5, 6, 7, 8, 9)),
@@ -53,9 +54,7 @@ def run_grid(checkpoint: str = "lenet5_mnist04", *, targets: Sequence[str] = tup
     """
     from tqdm.auto import tqdm
 
-    from cnncourse import pretrain
-
-    model_name = pretrain.recipe(checkpoint).model
+    model_name = recipe(checkpoint).model
     cells = [(t, n, s, seed) for t in targets for n in sizes for s in strategies for seed in seeds]
     data = {t: (target_data(t, "train"), target_data(t, "test")) for t in targets}
     if test_size is not None:

@@ -78,3 +78,21 @@ def test_locate_agrees_with_the_loader(tmp_path, data_root, monkeypatch):
     monkeypatch.setenv("CNNCOURSE_DATA", str(tmp_path))
     monkeypatch.setattr(data, "CACHE_ROOT", tmp_path / "cache")
     assert data.locate("mnist", "test") is None
+
+
+def _modules_after(code: str) -> set[str]:
+    proc = subprocess.run([sys.executable, "-c", "import sys\n" + code + "\nprint(' '.join(sys.modules))"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return set(proc.stdout.splitlines()[-1].split())
+
+
+def test_help_and_assign_do_not_import_torch(tmp_path):
+    """The thin CLI imports subcommands lazily: --help and assign stay fast (no torch, ~1.3 s)."""
+    from pathlib import Path
+    lab = Path(__file__).resolve().parents[1] / "labs" / "lab00_tensors.ipynb"
+    for argv in (["--help"], ["pretrain", "--help"], ["assign", str(lab), "--out", str(tmp_path)]):
+        mods = _modules_after(f"from cnncourse.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass")
+        assert "cnncourse.cli" in mods, "the check must see the CLI's own import"
+        assert "torch" not in mods, f"python -m cnncourse {' '.join(argv)} imported torch"
+    assert (tmp_path / "lab00_tensors.ipynb").is_file()

@@ -156,3 +156,16 @@ def test_eval_mode_restores_each_submodule():
             assert not any(m.training for m in model.modules())
             raise ValueError
     assert [m.training for m in model.modules()] == [True, True, False]
+
+
+def test_input_pipeline_reads_what_the_model_declares(mnist_train):
+    from cnncourse.models import lenet5, lenet_caffe
+    from cnncourse.models.lenet import lenet1998_loss
+
+    data = mnist_train.take(4)
+    x = data.images.float()
+    transform, loss_fn = train.input_pipeline(lenet5(variant="1998"), data)
+    assert transform(x).shape[-2:] == (32, 32) and loss_fn is lenet1998_loss
+    transform, loss_fn = train.input_pipeline(lenet5(variant="textbook", input_size=32), data)
+    assert transform(x).shape[-2:] == (32, 32) and loss_fn is None
+    assert train.input_pipeline(lenet_caffe(), data) == (None, None)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from cnncourse import transfer, transfer_experiment
+from cnncourse import checkpoints, transfer, transfer_experiment
 from cnncourse.data import ImageDataset
 from cnncourse.models.googlenet import googlenet_small
 from cnncourse.models.lenet import lenet5
@@ -191,27 +191,27 @@ def test_load_pretrained_offline_from_local_state_dicts(tmp_path):
     torch.manual_seed(3)
     src = torchvision.models.resnet18(weights=None)
     torch.save(src.state_dict(), tmp_path / "r18.pt")
-    got = transfer.load_pretrained("resnet18", tmp_path / "r18.pt")
+    got = checkpoints.load_pretrained("resnet18", tmp_path / "r18.pt")
     for (k, v), w in zip(src.state_dict().items(), got.state_dict().values()):
         torch.testing.assert_close(w, v, msg=k)
     small = lenet5("textbook", num_classes=5)
     save_checkpoint(tmp_path / "lenet.pt", small, note="course format")
-    got = transfer.load_pretrained("lenet5", str(tmp_path / "lenet.pt"), variant="textbook", num_classes=5)
+    got = checkpoints.load_pretrained("lenet5", str(tmp_path / "lenet.pt"), variant="textbook", num_classes=5)
     torch.testing.assert_close(got.classifier.fc3.weight, small.classifier.fc3.weight)
     with pytest.raises(ValueError, match="missing keys"):
-        transfer.load_pretrained("lenet5", tmp_path / "lenet.pt", variant="textbook", num_classes=10)
+        checkpoints.load_pretrained("lenet5", tmp_path / "lenet.pt", variant="textbook", num_classes=10)
 
 
 def test_load_pretrained_errors_list_candidates(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not a course checkpoint.*lenet5_mnist04.*resnet20_fashion"):
-        transfer.load_pretrained("lenet5", "no_such_weights")
+        checkpoints.load_pretrained("lenet5", "no_such_weights")
     with pytest.raises(ValueError, match="no weights 'IMAGENET9K'; candidates: DEFAULT, IMAGENET1K_V1"):
-        transfer.load_pretrained("resnet18", "IMAGENET9K")
+        checkpoints.load_pretrained("resnet18", "IMAGENET9K")
     with pytest.raises(ValueError, match="holds a 'lenet5' model, not 'cifar_resnet'"):
-        transfer.load_pretrained("cifar_resnet", "lenet5_mnist04")
+        checkpoints.load_pretrained("cifar_resnet", "lenet5_mnist04")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache, and no network needed
     with pytest.raises(FileNotFoundError, match="not in torch's cache"):
-        transfer.load_pretrained("resnet18", torchvision.models.ResNet18_Weights.IMAGENET1K_V1, allow_download=False)
+        checkpoints.load_pretrained("resnet18", torchvision.models.ResNet18_Weights.IMAGENET1K_V1, allow_download=False)
 
 
 def test_features_and_pca():

@@ -297,6 +297,11 @@ class LeNet5(nn.Module):
     Reference: LeCun et al. 1998, section II.B.
     """
 
+    # What the network expects besides its weights (read by ``cnncourse.train.input_pipeline``, so the
+    # CLI and other callers need no LeNet-specific code): the paper's input scaling and eq. (9).
+    input_transform = staticmethod(paper_scaling)
+    loss_fn = staticmethod(lenet1998_loss)
+
     def __init__(self, in_channels: int = 1) -> None:
         super().__init__()
         self.input_size = (in_channels, 32, 32)

@@ -1,4 +1,5 @@
-"""Checkpoints the course trains itself, and the recipes that reproduce them bit for bit.
+"""Checkpoints: the ones the course trains itself, the recipes that reproduce them bit for bit, and
+:func:`load_pretrained`, which loads them (or torchvision's weights) into a model.
 
 Each recipe names a model builder, a source dataset (optionally a subset of its classes and
 ``per_class`` images of each), the epochs and the seed. ``pretrain(name)`` trains it on the CPU with
@@ -10,12 +11,11 @@ CPU kernels split their reductions by thread count, so the bits of a trained net
 ``torch.get_num_threads()``. One thread on the same CPU instruction set and torch version gives the
 same file; the manifest records both so a check can tell a real regression from a platform change.
 
-``python -m cnncourse pretrain NAME`` runs a recipe from the command line (see :func:`add_parser`).
+``python -m cnncourse pretrain NAME`` runs a recipe from the command line (see :mod:`cnncourse.cli_pretrain`).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
@@ -30,6 +30,7 @@ import torch.nn as nn
 import cnncourse
 from cnncourse.data import ImageDataset, load_dataset, sha256_of
 from cnncourse.io import atomic_write_text
+from cnncourse.train import load_checkpoint
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 MANIFEST = "MANIFEST.json"
@@ -211,32 +212,60 @@ def pretrain(name: str, out_dir: str | os.PathLike | None = None, *, progress: b
     return entry
 
 
-def _cmd_pretrain(args: argparse.Namespace) -> int:
-    if args.list or not args.names:
-        for name, r in RECIPES.items():
-            print(f"{name:<20} {r.description}")
-        return 0
-    names = list(RECIPES) if args.names == ["all"] else args.names
-    for name in names:
-        if name not in RECIPES:
-            print(f"error: unknown checkpoint {name!r}; expected one of: {', '.join(RECIPES)}")
-            return 2
-    for name in names:
-        entry = pretrain(name, args.out_dir, progress=not args.no_progress)
-        print(f"{name}: source accuracy {entry['source_accuracy']:.4f}, {entry['bytes']:,} bytes, "
-              f"sha256 {entry['sha256']}")
-    return 0
+def load_pretrained(model_name: str, source: Any, *, allow_download: bool = True, **model_kwargs: Any) -> nn.Module:
+    """Build ``model_name`` and load pretrained weights from ``source``.
 
+    ``source`` is one of:
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``python -m cnncourse pretrain NAME [NAME ...]`` on the CLI's subparsers.
+    * a course checkpoint name (``"lenet5_mnist04"``; see ``RECIPES``), SHA-256 verified;
+    * a local file holding a state dict, or a checkpoint written by ``cnncourse.train.save_checkpoint``;
+    * a torchvision weights enum (``ResNet18_Weights.IMAGENET1K_V1``) or its name (``"DEFAULT"``), for a
+      torchvision model name. It is downloaded unless already in torch's cache (``torch.hub.get_dir()``).
 
-    Reference: https://docs.python.org/3/library/argparse.html#sub-commands
+    Course builders (``cnncourse.models.list_models()``) are tried first, then torchvision's.
+
+    Raises:
+        ValueError: unknown model or source (the message lists the candidates), or a checkpoint for
+            another architecture.
+        FileNotFoundError: torchvision weights not cached and ``allow_download=False``.
+
+    Reference: https://pytorch.org/vision/stable/models.html#using-the-pre-trained-models
     """
-    p = subparsers.add_parser("pretrain", help="re-train the course's own checkpoints from their recipes")
-    p.add_argument("names", nargs="*", help=f"checkpoint names ({', '.join(RECIPES)}) or 'all'")
-    p.add_argument("--out-dir", type=Path, default=None, help=f"output folder (default {CHECKPOINT_DIR})")
-    p.add_argument("--list", action="store_true", help="list the recipes and exit")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd_pretrain)
-    return p
+    import torchvision.models as tvm
+    from torchvision.models import WeightsEnum
+
+    from cnncourse.models import get_model, list_models
+
+    if isinstance(source, str) and source in RECIPES:
+        expected = recipe(source).model
+        if model_name != expected:
+            raise ValueError(f"checkpoint {source!r} holds a {expected!r} model, not {model_name!r}")
+        model = build(source)
+        load_checkpoint(checkpoint_path(source), model)
+        return model
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+        if model_name in list_models():
+            model = get_model(model_name, **model_kwargs)
+        elif model_name in tvm.list_models():
+            model = tvm.get_model(model_name, weights=None, **model_kwargs)
+        else:
+            raise ValueError(f"unknown model {model_name!r}; course models: {', '.join(list_models())}; "
+                             f"or any of torchvision.models.list_models()")
+        load_checkpoint(source, model)
+        return model
+    if model_name not in tvm.list_models():
+        raise ValueError(f"cannot load {source!r}: it is not a course checkpoint ({', '.join(RECIPES)}), "
+                         f"not an existing file, and {model_name!r} is not a torchvision model")
+    enum = tvm.get_model_weights(model_name)
+    if isinstance(source, str):
+        if source not in {"DEFAULT", *enum.__members__}:
+            raise ValueError(f"{model_name!r} has no weights {source!r}; candidates: DEFAULT, "
+                             f"{', '.join(enum.__members__)}; or a course checkpoint: {', '.join(RECIPES)}")
+        source = enum[source]
+    if not isinstance(source, WeightsEnum):
+        raise ValueError(f"source must be a checkpoint name, a file or a weights enum, got {type(source).__name__}")
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(source.url)
+    if not cached.is_file() and not allow_download:
+        raise FileNotFoundError(f"{source} is not in torch's cache ({cached}) and allow_download=False; "
+                                f"go online once or copy the file there")
+    return tvm.get_model(model_name, weights=source, **model_kwargs)
