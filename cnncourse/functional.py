@@ -15,6 +15,8 @@ and the same for ``W_out``. Pooling keeps the channels: output ``(N, C, H_out, W
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -185,40 +187,88 @@ def _im2col(x: Tensor, kernel, stride, padding, dilation, fill: float = 0.0) -> 
     return windows.permute(0, 1, 4, 5, 2, 3).reshape(n, c * k_h * k_w, h_out * w_out)
 
 
-class _Conv2dFunction(torch.autograd.Function):
-    """im2col convolution with an explicit backward (dX by col2im, dW and db by matrix products).
+class _ConvSaved(NamedTuple):
+    """What ``_Conv2dFunction.forward`` keeps for the backward pass, besides the saved tensors."""
 
-    The windows are laid out as rows, one per output pixel of every image, so the forward and
-    both weight-side gradients are each a single large matrix product.
+    input_shape: tuple[int, ...]  # (N, C_in, H, W)
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    has_bias: bool
+
+
+class _Conv2dFunction(torch.autograd.Function):
+    """im2col convolution with a hand-written backward.
+
+    The windows are unfolded into columns, ``cols`` of shape ``(N, C_in*K_h*K_w, L)`` with
+    ``L = H_out*W_out`` (``F.unfold``'s layout), so the forward pass is one batched matrix product
+    ``W_mat @ cols`` that lands directly in ``(N, C_out, L)``.
     """
 
     @staticmethod
     def forward(ctx, input, weight, bias, stride, padding, dilation, out_size):
-        windows = _windows(input, weight.shape[2:], stride, padding, dilation)  # (N, C_in, H_out, W_out, K_h, K_w)
-        n, c_in, h_out, w_out, k_h, k_w = windows.shape
-        rows = windows.permute(0, 2, 3, 1, 4, 5).reshape(n * h_out * w_out, c_in * k_h * k_w)  # (N*L, C_in*K_h*K_w)
+        """Forward pass.
+
+        Inputs:
+            input: ``(N, C_in, H, W)``; weight: ``(C_out, C_in, K_h, K_w)``; bias: ``(C_out,)`` or None;
+            stride, padding, dilation: pairs; out_size: ``(H_out, W_out)``.
+
+        Returns:
+            ``(N, C_out, H_out, W_out)``.
+
+        Saves:
+            ``cols`` ``(N, C_in*K_h*K_w, L)`` (needed for dW) and ``weight`` (needed for dX), plus a
+            ``_ConvSaved`` with the shapes and hyper-parameters.
+        """
+        cols = _im2col(input, weight.shape[2:], stride, padding, dilation)  # (N, C_in*K_h*K_w, L)
         w_mat = weight.reshape(weight.shape[0], -1)  # (C_out, C_in*K_h*K_w)
-        out = rows @ w_mat.t() if bias is None else torch.addmm(bias, rows, w_mat.t())  # (N*L, C_out)
-        ctx.save_for_backward(rows, weight)
-        ctx.conf = (tuple(input.shape), stride, padding, dilation, bias is not None)
-        return out.view(n, h_out, w_out, -1).permute(0, 3, 1, 2).contiguous()  # (N, C_out, H_out, W_out)
+        out = torch.matmul(w_mat, cols)  # (N, C_out, L)
+        if bias is not None:
+            out += bias.view(1, -1, 1)
+        ctx.save_for_backward(cols, weight)
+        ctx.saved = _ConvSaved(tuple(input.shape), stride, padding, dilation, bias is not None)
+        return out.view(input.shape[0], weight.shape[0], *out_size)
 
     @staticmethod
     def backward(ctx, grad_out):
-        rows, weight = ctx.saved_tensors
-        in_shape, stride, padding, dilation, has_bias = ctx.conf
-        n, c_out = grad_out.shape[:2]
-        g = grad_out.permute(0, 2, 3, 1).reshape(-1, c_out)  # (N*L, C_out), rows in the order of `rows`
+        """Backward pass.
+
+        Inputs:
+            grad_out: upstream derivative dL/dY, ``(N, C_out, H_out, W_out)``.
+
+        Returns:
+            ``(dX, dW, db, None, None, None, None)``: dX ``(N, C_in, H, W)``, dW ``(C_out, C_in, K_h, K_w)``,
+            db ``(C_out,)`` (each ``None`` when not needed), then one ``None`` per non-tensor argument.
+
+        * ``dW = sum over n of dY_n cols_n^T``: every output pixel adds its window times its gradient.
+        * ``db = sum of dY over N, H_out, W_out``.
+        * dX: each input pixel collects ``w * dy`` from every window that covered it. With stride 1 that
+          is a *full* correlation of ``dY`` with the kernel flipped in both axes and ``C_in``/``C_out``
+          swapped, which reuses the forward path; otherwise (and when ``C_out > C_in``, where the
+          columns of ``dY`` would be the bigger copy) ``W^T dY`` gives per-window gradients that ``fold``
+          (col2im) sums back onto the pixels.
+        """
+        cols, weight = ctx.saved_tensors
+        saved: _ConvSaved = ctx.saved
+        c_out, c_in, k_h, k_w = weight.shape
+        g = grad_out.reshape(grad_out.shape[0], c_out, -1)  # (N, C_out, L)
         d_input = d_weight = d_bias = None
         if ctx.needs_input_grad[0]:
-            d_rows = g @ weight.reshape(c_out, -1)  # (N*L, C_in*K_h*K_w)
-            d_cols = d_rows.view(n, -1, d_rows.shape[1]).transpose(1, 2)  # (N, C_in*K_h*K_w, L)
-            # fold sums the overlapping windows back onto the pixels they came from (col2im)
-            d_input = F.fold(d_cols, in_shape[2:], weight.shape[2:], dilation=dilation, padding=padding, stride=stride)
+            if saved.stride == (1, 1) and c_out <= c_in:
+                (d_h, d_w), (p_h, p_w) = saved.dilation, saved.padding
+                flipped = weight.flip(2, 3).transpose(0, 1)  # (C_in, C_out, K_h, K_w)
+                full = (d_h * (k_h - 1) - p_h, d_w * (k_w - 1) - p_w)  # negative: crop instead of pad
+                g_full = F.pad(grad_out, (full[1], full[1], full[0], full[0]))
+                d_cols = _im2col(g_full, (k_h, k_w), (1, 1), (0, 0), saved.dilation)  # (N, C_out*K_h*K_w, H*W)
+                d_input = torch.matmul(flipped.reshape(c_in, -1), d_cols).view(saved.input_shape)
+            else:
+                d_cols = torch.matmul(weight.reshape(c_out, -1).t(), g)  # (N, C_in*K_h*K_w, L)
+                d_input = F.fold(d_cols, saved.input_shape[2:], (k_h, k_w), dilation=saved.dilation,
+                                 padding=saved.padding, stride=saved.stride)
         if ctx.needs_input_grad[1]:
-            d_weight = (g.t() @ rows).view(weight.shape)  # sums over images and positions at once
-        if has_bias and ctx.needs_input_grad[2]:
-            d_bias = g.sum(dim=0)
+            d_weight = torch.bmm(g, cols.transpose(1, 2)).sum(0).view(weight.shape)
+        if saved.has_bias and ctx.needs_input_grad[2]:
+            d_bias = g.sum(dim=(0, 2))
         return d_input, d_weight, d_bias, None, None, None, None
 
 
@@ -232,8 +282,8 @@ def conv2d(
 ) -> Tensor:
     """Vectorised 2-D cross-correlation: unfold the windows into columns (im2col), then one matrix product.
 
-    The backward pass is hand-written: ``dX = fold(W^T dY)``, ``dW = sum_n dY X_cols^T`` and
-    ``db = sum of dY over N, H_out, W_out``.
+    The backward pass is hand-written: dX is a full correlation of ``dY`` with the flipped kernel
+    (or ``fold(W^T dY)``), ``dW = sum_n dY_n X_cols_n^T`` and ``db = sum of dY over N, H_out, W_out``.
 
     Args:
         input: ``(N, C_in, H, W)``.

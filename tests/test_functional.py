@@ -304,3 +304,15 @@ POOL_FNS = [cf.max_pool2d, cf.max_pool2d_naive, cf.avg_pool2d, cf.avg_pool2d_nai
 def test_pool_errors(fn, shape, kwargs, message):
     with pytest.raises(ValueError, match=message):
         fn(rand(*shape), **kwargs)
+
+
+@pytest.mark.parametrize("c_in,c_out", [(5, 3), (3, 5)])  # dX by full correlation, and by fold
+@pytest.mark.parametrize("padding,dilation", [(0, 1), (2, 1), ((4, 1), (1, 2)), (3, 2)])
+def test_conv2d_input_grad_both_paths(c_in, c_out, padding, dilation):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, c_in, 9, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(c_out, c_in, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    ours = cf.conv2d(x, w, None, 1, padding, dilation)
+    dy = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+    ref = F.conv2d(x, w, None, 1, padding, dilation)
+    torch.testing.assert_close(torch.autograd.grad(ours, (x, w), dy), torch.autograd.grad(ref, (x, w), dy))
