@@ -394,24 +394,46 @@ def _fold_planes(cols: Tensor, shape, kernel, stride, padding) -> Tensor:
     return padded[:, :, padding[0] : padding[0] + h, padding[1] : padding[1] + w].reshape(n, c, h, w)
 
 
+class _PoolSaved(NamedTuple):
+    """What a pooling forward keeps for its backward pass."""
+
+    input_shape: tuple[int, ...]  # (N, C, H, W)
+    cols_shape: tuple[int, ...]  # (N*C, K_h*K_w, L)
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+
 class _MaxPool2dFunction(torch.autograd.Function):
     """Max pooling whose backward routes each output gradient to its window's argmax."""
 
     @staticmethod
     def forward(ctx, input, kernel, stride, padding, out_size):
+        """Inputs: input ``(N, C, H, W)``; kernel, stride, padding: pairs; out_size ``(H_out, W_out)``.
+
+        Returns ``(N, C, H_out, W_out)``; saves each window's ``argmax`` ``(N*C, L)`` and a ``_PoolSaved``.
+        """
         cols = _unfold_planes(input, kernel, stride, padding, float("-inf"))  # (N*C, K_h*K_w, L)
         values, argmax = cols.max(dim=1)  # (N*C, L)
         ctx.save_for_backward(argmax)
-        ctx.conf = (tuple(input.shape), cols.shape, kernel, stride, padding)
+        ctx.saved = _PoolSaved(tuple(input.shape), tuple(cols.shape), kernel, stride, padding)
         return values.view(input.shape[0], input.shape[1], *out_size)
 
     @staticmethod
     def backward(ctx, grad_out):
+        """Inputs: grad_out dL/dY ``(N, C, H_out, W_out)``.
+
+        Returns ``(dX, None, None, None, None)`` with dX ``(N, C, H, W)``: each output's gradient goes
+        to the position of its window's maximum (the only input that changed the output); windows
+        that overlap add up in ``fold``.
+        """
         (argmax,) = ctx.saved_tensors
-        shape, cols_shape, kernel, stride, padding = ctx.conf
-        d_cols = grad_out.new_zeros(cols_shape)
-        d_cols.scatter_(1, argmax.unsqueeze(1), grad_out.reshape(cols_shape[0], 1, cols_shape[2]))
-        return _fold_planes(d_cols, shape, kernel, stride, padding), None, None, None, None
+        saved: _PoolSaved = ctx.saved
+        n_planes, _, n_windows = saved.cols_shape
+        d_cols = grad_out.new_zeros(saved.cols_shape)
+        d_cols.scatter_(1, argmax.unsqueeze(1), grad_out.reshape(n_planes, 1, n_windows))
+        d_input = _fold_planes(d_cols, saved.input_shape, saved.kernel, saved.stride, saved.padding)
+        return d_input, None, None, None, None
 
 
 class _AvgPool2dFunction(torch.autograd.Function):
@@ -419,16 +441,28 @@ class _AvgPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, kernel, stride, padding, out_size):
+        """Inputs: input ``(N, C, H, W)``; kernel, stride, padding: pairs; out_size ``(H_out, W_out)``.
+
+        Returns ``(N, C, H_out, W_out)``; saves only a ``_PoolSaved`` (the mean needs no input values).
+        """
         cols = _unfold_planes(input, kernel, stride, padding, 0.0)  # (N*C, K_h*K_w, L)
-        ctx.conf = (tuple(input.shape), cols.shape, kernel, stride, padding)
+        ctx.saved = _PoolSaved(tuple(input.shape), tuple(cols.shape), kernel, stride, padding)
         return cols.mean(dim=1).view(input.shape[0], input.shape[1], *out_size)
 
     @staticmethod
     def backward(ctx, grad_out):
-        shape, cols_shape, kernel, stride, padding = ctx.conf
-        share = grad_out.reshape(cols_shape[0], 1, cols_shape[2]) / cols_shape[1]
-        d_cols = share.expand(cols_shape).contiguous()
-        return _fold_planes(d_cols, shape, kernel, stride, padding), None, None, None, None
+        """Inputs: grad_out dL/dY ``(N, C, H_out, W_out)``.
+
+        Returns ``(dX, None, None, None, None)`` with dX ``(N, C, H, W)``: each output's gradient is
+        shared equally, ``1 / (K_h*K_w)``, by the pixels of its window (padding included); overlaps
+        add up in ``fold``.
+        """
+        saved: _PoolSaved = ctx.saved
+        n_planes, window, n_windows = saved.cols_shape
+        share = grad_out.reshape(n_planes, 1, n_windows) / window
+        d_cols = share.expand(saved.cols_shape).contiguous()
+        d_input = _fold_planes(d_cols, saved.input_shape, saved.kernel, saved.stride, saved.padding)
+        return d_input, None, None, None, None
 
 
 def max_pool2d(

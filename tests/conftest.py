@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "book: needs the built book in _build/html (run after `make book`)")
+    config.addinivalue_line("markers", "slow: trains a model or runs a subprocess for tens of seconds; "
+                                       "deselect with -m 'not slow' for a quick loop")
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,7 @@ def test_loading_verifies_sha256(tmp_path):
         checkpoints.recipe("vgg")
 
 
+@pytest.mark.slow
 def test_ci_recipe_is_deterministic_and_reproduces_the_manifest(tmp_path, data_root):
     threads = torch.get_num_threads()
     first = checkpoints.pretrain("lenet5_mnist04_ci", tmp_path / "a", progress=False)

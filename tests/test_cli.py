@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import pytest
 
 
 def run(*args, **kw):
@@ -35,6 +36,7 @@ def test_model_kwargs_are_typed():
     assert _model_kwargs(["variant=1998"], lenet5) == {"variant": "1998"}
 
 
+@pytest.mark.slow
 def test_train_command_pads_for_the_1998_lenet_and_saves(tmp_path, data_root):
     import os
     out = tmp_path / "ck.pt"

@@ -98,13 +98,14 @@ def test_failed_write_keeps_old_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary left behind
 
 
-def test_pick_device():
+@pytest.mark.parametrize("cuda,mps,expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    """Runs every branch on any machine: the accelerators' availability is simulated."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert train.pick_device().type == expected
+    assert train.pick_device("auto").type == expected
     assert train.pick_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else None
-    if expected:
-        assert train.pick_device().type == "cuda"
-    else:
-        assert train.pick_device().type in {"cpu", "mps"}
 
 
 def test_atomic_write_uses_normal_permissions(tmp_path):
