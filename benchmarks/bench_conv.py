@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cnncourse import functional as cf
+from provenance import header  # benchmarks/ is sys.path[0] when run as a script
 
 SHAPES = {
     # name: (input shape (N, C_in, H, W), weight shape (C_out, C_in, K_h, K_w), padding)
@@ -74,7 +75,7 @@ def time_pair(ours: Callable, x_shape, w_shape, padding: int, device: torch.devi
 
 
 def run(device: torch.device, repeats: int) -> dict:
-    results = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": []}
+    results = {**header(), "device": str(device), "rows": []}
     print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} best of {repeats}, interleaved")
     print(f"{'shape':<12} {'impl':<12} {'ms':>10} {'ratio vs F.conv2d':>18}")
     cases = [(name, *spec, "vectorised", cf.conv2d) for name, spec in SHAPES.items()]

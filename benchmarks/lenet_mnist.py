@@ -12,9 +12,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from cnncourse.data import candidate_roots, load_dataset  # noqa: E402
 from cnncourse.io import atomic_write_text  # noqa: E402
 from cnncourse.models.lenet import lenet5  # noqa: E402
 from cnncourse.train import evaluate, fit, set_seed  # noqa: E402
+from provenance import header  # noqa: E402  (benchmarks/ is sys.path[0] for a script)
 
 OUT = Path(__file__).resolve().parents[1] / "book" / "results" / "lenet_mnist_benchmark.json"
 
@@ -166,12 +165,10 @@ def main() -> None:
             break
     print(f"accuracy within {args.budget:.0f} s of training: {at_budget}")
     print(f"training time to {args.target:.1%} test accuracy ({args.threads} threads): {to_target} s")
-    load = os.getloadavg()
-    print(f"load average during the run: {load[0]:.1f} (machine shared; timings are noisy)")
+    prov = header()
+    print(f"load average during the run: {prov['load_average_1min']:.1f} (machine shared; timings are noisy)")
     atomic_write_text(args.out, json.dumps({
-        "command": "python benchmarks/lenet_mnist.py " + " ".join(sys.argv[1:]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "threads": args.threads, "load_average_1min": round(load[0], 2),
+        **prov,
         "dataloader_seconds_per_epoch": round(dl_seconds, 2), "fit_seconds_per_epoch": round(fit_seconds, 2),
         "ratio": round(dl_seconds / fit_seconds, 2), "one_epoch_acc": {"dataloader": dl_acc, "fit": fit_acc},
         "budget_seconds": args.budget, "accuracy_within_budget": at_budget, "epochs": epochs,
