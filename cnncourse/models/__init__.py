@@ -13,6 +13,9 @@ from cnncourse.models.googlenet import (GoogLeNet, GoogLeNetSmall, Inception, In
 from cnncourse.models.lenet import LeNet5, LeNet5Textbook, LeNetCaffe, lenet5, lenet_caffe
 from cnncourse.models.resnet import BasicBlock, Bottleneck, CifarResNet, ResNet, cifar_resnet, resnet18, resnet34, \
     resnet50, resnet101, resnet152
+from cnncourse.models.rnn import GRU, LSTM, RNN, SequenceClassifier, sequence_gru, sequence_lstm, sequence_rnn
+from cnncourse.models.autoencoder import (Autoencoder, ConvAutoencoder, autoencoder, conv_autoencoder,
+                                          denoising_autoencoder, sparse_autoencoder)
 from cnncourse.models.vgg import VGG, make_vgg_features, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, \
     vgg19_bn, vgg_small
 
@@ -22,4 +25,6 @@ __all__ = [
     "cifar_resnet", "get_model", "googlenet", "googlenet_small", "lenet5", "lenet_caffe", "list_models",
     "make_vgg_features", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg11", "vgg11_bn", "vgg13",
     "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "vgg_small",
+    "GRU", "LSTM", "RNN", "SequenceClassifier", "sequence_gru", "sequence_lstm", "sequence_rnn",
+    "Autoencoder", "ConvAutoencoder", "autoencoder", "conv_autoencoder", "denoising_autoencoder", "sparse_autoencoder",
 ]
