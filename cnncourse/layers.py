@@ -136,7 +136,7 @@ class ConvTranspose2d(nn.Module):
 class _Pool2d(nn.Module):
     def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0) -> None:
         super().__init__()
-        """Kaiming-uniform weights and uniform biases; torch takes the fan-in from weight.shape[1]."""
+        self.kernel_size, self.stride, self.padding = kernel_size, stride if stride is not None else kernel_size, padding
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
