@@ -350,6 +350,54 @@ def random_crop_flip(pad: int = 2, flip: bool = True, generator: torch.Generator
     return augment
 
 
+def as_sequences(images: torch.Tensor) -> torch.Tensor:
+    """Read images ``(N, C, H, W)`` row by row: a sequence ``(N, T=H, I=C*W)``, one row per time step."""
+    if images.dim() != 4:
+        raise ValueError(f"as_sequences expected images of shape (N, C, H, W), got {tuple(images.shape)}")
+    return images.permute(0, 2, 1, 3).flatten(2)
+
+
+def permute_pixels(seed: int = 0, size: tuple[int, int] = (28, 28)) -> Transform:
+    """A transform that shuffles the pixels of every image with one fixed permutation (permuted MNIST).
+
+    The same ``seed`` always gives the same permutation, so training and evaluation agree. Read
+    row by row afterwards, each step holds 28 pixels scattered over the whole image.
+
+    Reference: Q. V. Le, N. Jaitly, G. E. Hinton, arXiv:1504.00941 (2015), section 4.
+    """
+    perm = torch.randperm(size[0] * size[1], generator=torch.Generator().manual_seed(seed))
+
+    def permute(x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != tuple(size):
+            raise ValueError(f"permute_pixels expected images of size {size}, got {tuple(x.shape[-2:])}")
+        return x.flatten(-2)[..., perm.to(x.device)].reshape(x.shape)
+    return permute
+
+
+def add_noise(std: float, generator: torch.Generator | None = None) -> Transform:
+    """A transform adding Gaussian noise ``std * eps``, ``eps ~ N(0, 1)``, to a (normalised) batch."""
+    if std < 0:
+        raise ValueError(f"noise std must be non-negative, got {std}")
+
+    def noisy(x: torch.Tensor) -> torch.Tensor:
+        eps = torch.randn(x.shape, generator=generator).to(x.device)
+        return x + std * eps
+    return noisy
+
+
+def noisy_pairs(data: ImageDataset, std: float, seed: int = 0, normalize: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole dataset as ``(noisy, clean)`` float tensors ``(N, C, H, W)``, the noise fixed by ``seed``.
+
+    ``clean`` is normalised like :class:`BatchLoader` batches (unless ``normalize=False``: [0, 1]);
+    ``noisy = clean + std * eps``. Use it to score denoising on the same corrupted test set every time.
+    """
+    clean = data.images.float().div(255)
+    if normalize:
+        clean = (clean - data.mean) / data.std
+    return add_noise(std, torch.Generator().manual_seed(seed))(clean), clean
+
+
 class BatchLoader:
     """Iterate over an :class:`ImageDataset` in batches, without per-item Python.
 

@@ -11,6 +11,8 @@ output ``(N, C_out, H_out, W_out)`` with
     H_out = floor((H + 2 * padding - dilation * (K_h - 1) - 1) / stride) + 1
 
 and the same for ``W_out``. Pooling keeps the channels: output ``(N, C, H_out, W_out)``.
+The transposed convolution (``conv_transpose2d``) lives in :mod:`cnncourse.functional_transpose`
+and is re-exported here.
 """
 
 from __future__ import annotations
@@ -21,50 +23,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cnncourse._oputils import (IntOrPair, _check_non_negative, _check_positive, _check_rank4,  # noqa: F401
+                                _im2col, _pair, _windows)
+from cnncourse.functional_transpose import conv_transpose2d, conv_transpose2d_naive, conv_transpose_output_size
+
 __all__ = [
     "avg_pool2d",
     "avg_pool2d_naive",
     "conv2d",
     "conv2d_naive",
     "conv_output_size",
+    "conv_transpose2d",
+    "conv_transpose2d_naive",
+    "conv_transpose_output_size",
     "max_pool2d",
     "max_pool2d_naive",
 ]
-
-IntOrPair = int | tuple[int, int]
-
-
-def _pair(value: IntOrPair, name: str) -> tuple[int, int]:
-    """Turn an int or a pair of ints into a pair, rejecting anything else."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        return (value[0], value[1])
-    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-
-
-def _check_positive(pair: tuple[int, int], name: str) -> None:
-    if min(pair) < 1:
-        raise ValueError(f"{name} must be positive, got {pair}")
-
-
-def _check_non_negative(pair: tuple[int, int], name: str) -> None:
-    if min(pair) < 0:
-        raise ValueError(f"{name} must be non-negative, got {pair}")
-
-
-def _check_rank4(x: Tensor, op: str, what: str, letters: str) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{op} expected {what} to be a torch.Tensor {letters}, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(
-            f"{op} expected {what} of shape {letters} (4 dimensions), "
-            f"got {x.dim()} dimensions with shape {tuple(x.shape)}"
-        )
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
@@ -164,27 +138,6 @@ def conv2d_naive(
                     value = (window * weight[k]).sum()
                     rows.append(value + bias[k] if bias is not None else value)
     return torch.stack(rows).reshape(n_images, c_out, h_out, w_out)
-
-
-def _windows(x: Tensor, kernel, stride, padding, dilation, fill: float = 0.0) -> Tensor:
-    """A strided view of every kernel window of ``x``: ``(N, C, H_out, W_out, K_h, K_w)``, no copy."""
-    (k_h, k_w), (s_h, s_w), (p_h, p_w), (d_h, d_w) = kernel, stride, padding, dilation
-    if p_h or p_w:
-        x = F.pad(x, (p_w, p_w, p_h, p_h), value=fill)
-    # a dilated window is a dense window of span d*(k-1)+1, sampled every d pixels
-    windows = x.unfold(2, d_h * (k_h - 1) + 1, s_h).unfold(3, d_w * (k_w - 1) + 1, s_w)
-    return windows[..., ::d_h, ::d_w]
-
-
-def _im2col(x: Tensor, kernel, stride, padding, dilation, fill: float = 0.0) -> Tensor:
-    """Every kernel window as a column, ``(N, C*K_h*K_w, L)``: the layout of ``F.unfold``.
-
-    Built from a ``Tensor.unfold`` view plus one copy; on CPU that is several times faster than
-    ``F.unfold`` itself.
-    """
-    windows = _windows(x, kernel, stride, padding, dilation, fill)
-    n, c, h_out, w_out, k_h, k_w = windows.shape
-    return windows.permute(0, 1, 4, 5, 2, 3).reshape(n, c * k_h * k_w, h_out * w_out)
 
 
 class _ConvSaved(NamedTuple):

@@ -16,7 +16,7 @@ from torch import Tensor
 from cnncourse import functional as cf
 from cnncourse.functional import IntOrPair, _pair
 
-__all__ = ["AvgPool2d", "Conv2d", "MaxPool2d"]
+__all__ = ["AvgPool2d", "Conv2d", "ConvTranspose2d", "MaxPool2d"]
 
 
 class Conv2d(nn.Module):
@@ -86,6 +86,51 @@ class Conv2d(nn.Module):
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
         return s + ("" if self.bias is not None else ", bias=False")
+
+
+class ConvTranspose2d(nn.Module):
+    """2-D transposed convolution built on :func:`cnncourse.functional.conv_transpose2d`.
+
+    Shapes: input ``(N, C_in, H, W)``, weight ``(C_in, C_out, K_h, K_w)``, bias ``(C_out,)``, output
+    ``(N, C_out, H_out, W_out)`` with
+    ``H_out = (H - 1) * stride - 2 * padding + dilation * (K_h - 1) + output_padding + 1``.
+
+    Reference: https://pytorch.org/docs/stable/generated/torch.nn.ConvTranspose2d.html (same parameter
+    names, shapes and initialisation, so state dicts load both ways).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
+                 padding: IntOrPair = 0, output_padding: IntOrPair = 0, bias: bool = True,
+                 dilation: IntOrPair = 1) -> None:
+        super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"ConvTranspose2d expected positive in_channels and out_channels, "
+                             f"got {in_channels} and {out_channels}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride, self.padding = _pair(stride, "stride"), _pair(padding, "padding")
+        self.output_padding, self.dilation = _pair(output_padding, "output_padding"), _pair(dilation, "dilation")
+        self.weight = nn.Parameter(torch.empty(in_channels, out_channels, *self.kernel_size))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform weights and uniform biases; torch computes the fan-in from ``weight.shape[1]``."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.out_channels * self.kernel_size[0] * self.kernel_size[1])
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return cf.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                   1, self.dilation)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, output_padding={self.output_padding}")
 
 
 class _Pool2d(nn.Module):

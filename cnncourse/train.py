@@ -78,7 +78,8 @@ class History:
         for e in self.epochs:
             vl = "" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
             va = "" if e["val_acc"] is None else f"{e['val_acc']:.4f}"
-            lines.append(f"{e['epoch']:>5} {e['train_loss']:>10.4f} {e['train_acc']:>9.4f} "
+            ta = "" if e["train_acc"] is None else f"{e['train_acc']:.4f}"
+            lines.append(f"{e['epoch']:>5} {e['train_loss']:>10.4f} {ta:>9} "
                          f"{vl:>9} {va:>8} {e['seconds']:>8.1f}")
         return "\n".join(lines)
 
@@ -88,6 +89,9 @@ class History:
 
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
         for key, ax in (("loss", ax_loss), ("acc", ax_acc)):
+            if key == "acc" and self.epochs and self.epochs[0]["train_acc"] is None:
+                ax.set_visible(False)  # a reconstruction target has no accuracy
+                continue
             ax.plot(self["epoch"], self[f"train_{key}"], marker="o", label="train")
             if self.epochs and self.epochs[0]["val_loss"] is not None:
                 ax.plot(self["epoch"], self[f"val_{key}"], marker="o", label="validation")
@@ -114,7 +118,8 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset | None = None, 
         device: str | torch.device = "auto", seed: int = 0, progress: bool = True,
         transform: Transform | None = None, augment: Transform | None = None,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        max_batches: int | None = None) -> History:
+        max_batches: int | None = None,
+        target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> History:
     """Train ``model`` with mini-batch gradient descent and return its :class:`History`.
 
     Args:
@@ -130,6 +135,9 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset | None = None, 
         augment: applied to training batches only (e.g. ``random_crop_flip(2)``).
         loss_fn: defaults to cross-entropy on the logits.
         max_batches: stop each epoch after this many batches (quick experiments).
+        target: maps a batch ``(x, y)`` to what ``loss_fn`` compares the output with, computed before
+            ``augment`` (``lambda x, y: x`` trains an autoencoder). Accuracy is recorded only when the
+            target holds class indices (an integer tensor); otherwise it is ``None``.
 
     Reference: Goodfellow, Bengio and Courville, *Deep Learning* (2016), algorithm 8.1.
     """
@@ -150,25 +158,27 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset | None = None, 
         for b, (x, y) in enumerate(loader):
             if b == n_batches:
                 break
+            t = y if target is None else target(x, y)
             if augment is not None:
                 x = augment(x)
             logits = model(x)
-            loss = loss_fn(logits, y)
+            loss = loss_fn(logits, t)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             seen += len(y)
             loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            classes = not t.is_floating_point()
+            correct += (logits.argmax(1) == t).sum().item() if classes else 0
             bar.update()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", **({"acc": f"{correct / seen:.3f}"} if classes else {}))
         bar.close()
         if sched is not None:
             sched.step()
-        record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+        record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen if classes else None,
                   "val_loss": None, "val_acc": None}
         if val is not None:
-            metrics = evaluate(model, val, transform=transform, device=dev, loss_fn=loss_fn)
+            metrics = evaluate(model, val, transform=transform, device=dev, loss_fn=loss_fn, target=target)
             record.update(val_loss=metrics["loss"], val_acc=metrics["accuracy"])
         record["seconds"] = time.perf_counter() - start
         history.epochs.append(record)
@@ -178,20 +188,26 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset | None = None, 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageDataset, *, batch_size: int = 512, transform: Transform | None = None,
              device: str | torch.device = "auto",
-             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+             target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> dict[str, float | None]:
     """Mean loss and accuracy of ``model`` on ``data``, in eval mode; the model's mode is restored after.
+
+    ``target`` is as in :func:`fit`; accuracy is ``None`` when the target is not class indices.
 
     Reference: the evaluation half of :func:`fit`.
     """
     dev = pick_device(device)
     loss_fn = loss_fn or F.cross_entropy
     loss_sum, correct = 0.0, 0
+    classes = True
     with eval_mode(model.to(dev)):
         for x, y in BatchLoader(data, batch_size, transform=transform, device=dev):
+            t = y if target is None else target(x, y)
             logits = model(x)
-            loss_sum += loss_fn(logits, y).item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-    return {"loss": loss_sum / len(data), "accuracy": correct / len(data)}
+            loss_sum += loss_fn(logits, t).item() * len(y)
+            classes = not t.is_floating_point()
+            correct += (logits.argmax(1) == t).sum().item() if classes else 0
+    return {"loss": loss_sum / len(data), "accuracy": correct / len(data) if classes else None}
 
 
 @torch.no_grad()

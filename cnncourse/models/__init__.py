@@ -7,6 +7,14 @@ builders; import the modules as ``cnncourse.models.alexnet`` via ``from ... impo
 """
 
 from cnncourse.models._registry import get_model, list_models
+from cnncourse.models.autoencoder import (
+    Autoencoder,
+    ConvAutoencoder,
+    autoencoder,
+    conv_autoencoder,
+    denoising_autoencoder,
+    sparse_autoencoder,
+)
 from cnncourse.models.alexnet import AlexNet, AlexNetSmall, alexnet, alexnet_small
 from cnncourse.models.googlenet import (
     GoogLeNet,
@@ -29,6 +37,7 @@ from cnncourse.models.resnet import (
     resnet101,
     resnet152,
 )
+from cnncourse.models.rnn import GRU, LSTM, RNN, SequenceClassifier, sequence_gru, sequence_lstm, sequence_rnn
 from cnncourse.models.vgg import (
     VGG,
     make_vgg_features,
@@ -49,4 +58,6 @@ __all__ = [
     "cifar_resnet", "get_model", "googlenet", "googlenet_small", "lenet5", "lenet_caffe", "list_models",
     "make_vgg_features", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg11", "vgg11_bn", "vgg13",
     "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "vgg_small",
+    "GRU", "LSTM", "RNN", "SequenceClassifier", "sequence_gru", "sequence_lstm", "sequence_rnn",
+    "Autoencoder", "ConvAutoencoder", "autoencoder", "conv_autoencoder", "denoising_autoencoder", "sparse_autoencoder",
 ]
