@@ -183,6 +183,8 @@ def pretrain(name: str, out_dir: str | os.PathLike | None = None, *, progress: b
         hist = fit(model, train, epochs=r.epochs, lr=r.lr, batch_size=r.batch_size, seed=r.seed,
                    device="cpu", progress=progress)
         acc = evaluate(model, test, device="cpu")["accuracy"]
+        if acc is None:  # evaluate gives no accuracy when the targets are not class indices
+            raise RuntimeError(f"recipe {name!r} must train a classifier; evaluate returned no accuracy")
     finally:
         torch.set_num_threads(threads)
     path = folder / f"{name}.pt"

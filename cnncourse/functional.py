@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cnncourse._oputils import (IntOrPair, _check_non_negative, _check_positive, _check_rank4,  # noqa: F401
-                                _im2col, _pair, _windows)
+from cnncourse._oputils import IntOrPair, _check_non_negative, _check_positive, _check_rank4, _im2col, _pair
 from cnncourse.functional_transpose import conv_transpose2d, conv_transpose2d_naive, conv_transpose_output_size
 
 __all__ = [

@@ -7,6 +7,7 @@ builders; import the modules as ``cnncourse.models.alexnet`` via ``from ... impo
 """
 
 from cnncourse.models._registry import get_model, list_models
+from cnncourse.models.alexnet import AlexNet, AlexNetSmall, alexnet, alexnet_small
 from cnncourse.models.autoencoder import (
     Autoencoder,
     ConvAutoencoder,
@@ -15,7 +16,6 @@ from cnncourse.models.autoencoder import (
     denoising_autoencoder,
     sparse_autoencoder,
 )
-from cnncourse.models.alexnet import AlexNet, AlexNetSmall, alexnet, alexnet_small
 from cnncourse.models.googlenet import (
     GoogLeNet,
     GoogLeNetSmall,

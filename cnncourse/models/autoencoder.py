@@ -19,6 +19,8 @@ Train any of them with ``fit(model, data, loss_fn=F.mse_loss, target=lambda x, y
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -129,6 +131,7 @@ class Autoencoder(_AutoencoderBase):
             dec += [nn.Linear(a, b), nn.ReLU()]
         dec += [nn.Linear(back[-1], widths[0]), nn.Unflatten(1, input_shape)]
         self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
+        self.input_size = tuple(input_shape)
 
 
 class ConvAutoencoder(_AutoencoderBase):
@@ -147,6 +150,7 @@ class ConvAutoencoder(_AutoencoderBase):
         from_scratch: build the convolutions from :mod:`cnncourse.layers` (``Conv2d``,
             ``ConvTranspose2d``) instead of ``torch.nn``; same parameters, slower.
         noise_std, sparsity: as in :class:`Autoencoder`.
+        in_channels: ``C`` of the ``(N, C, 28, 28)`` images.
     """
 
     def __init__(self, code_size: int = 16, channels: tuple[int, int] = (16, 32), *, from_scratch: bool = False,
@@ -163,34 +167,43 @@ class ConvAutoencoder(_AutoencoderBase):
             nn.Linear(code_size, c2 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (c2, 7, 7)),
             convt(c2, c1, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
             convt(c1, in_channels, 3, stride=2, padding=1, output_padding=1))
+        self.input_size = (in_channels, 28, 28)
+
+
+# Builders follow the other families (keyword-only: ``in_channels``, then the family's options, the rest
+# passed through to the class) except that an autoencoder has no ``num_classes``: its output is its input.
 
 
 @register_model
-def autoencoder(**kwargs) -> Autoencoder:
-    """Fully connected autoencoder (784-256-code-256-784); keyword arguments go to :class:`Autoencoder`."""
-    return Autoencoder(**kwargs)
+def autoencoder(*, in_channels: int = 1, code_size: int = 32, **kwargs: Any) -> Autoencoder:
+    """Fully connected autoencoder (784-256-code-256-784); other options go to :class:`Autoencoder`."""
+    return Autoencoder(code_size, input_shape=kwargs.pop("input_shape", (in_channels, 28, 28)), **kwargs)
 
 
 @register_model
-def conv_autoencoder(**kwargs) -> ConvAutoencoder:
+def conv_autoencoder(*, in_channels: int = 1, code_size: int = 16, **kwargs: Any) -> ConvAutoencoder:
     """Convolutional autoencoder with transposed-convolution decoder; see :class:`ConvAutoencoder`."""
-    return ConvAutoencoder(**kwargs)
+    return ConvAutoencoder(code_size, in_channels=in_channels, **kwargs)
 
 
 @register_model
-def denoising_autoencoder(*, noise_std: float = 0.5, **kwargs) -> Autoencoder:
+def denoising_autoencoder(*, in_channels: int = 1, code_size: int = 32, noise_std: float = 0.5,
+                          **kwargs: Any) -> Autoencoder:
     """Fully connected autoencoder trained on inputs corrupted with Gaussian noise.
 
     Reference: P. Vincent, H. Larochelle, Y. Bengio, P.-A. Manzagol, "Extracting and composing robust
     features with denoising autoencoders", ICML 2008.
     """
-    return Autoencoder(noise_std=noise_std, **kwargs)
+    return Autoencoder(code_size, input_shape=kwargs.pop("input_shape", (in_channels, 28, 28)), noise_std=noise_std,
+                       **kwargs)
 
 
 @register_model
-def sparse_autoencoder(*, sparsity: float = 1e-3, code_activation: str | None = "relu", **kwargs) -> Autoencoder:
+def sparse_autoencoder(*, in_channels: int = 1, code_size: int = 32, sparsity: float = 1e-3,
+                       code_activation: str | None = "relu", **kwargs: Any) -> Autoencoder:
     """Fully connected autoencoder with an L1 penalty on a non-negative code.
 
     Reference: I. Goodfellow, Y. Bengio, A. Courville, *Deep Learning* (2016), section 14.2.1.
     """
-    return Autoencoder(sparsity=sparsity, code_activation=code_activation, **kwargs)
+    return Autoencoder(code_size, input_shape=kwargs.pop("input_shape", (in_channels, 28, 28)), sparsity=sparsity,
+                       code_activation=code_activation, **kwargs)

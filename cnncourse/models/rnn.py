@@ -10,6 +10,7 @@ backward pass through time is written by hand there.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -54,8 +55,11 @@ class _RecurrentLayer(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     def _weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        get = lambda name: getattr(self, f"{name}_l{layer}", None)  # noqa: E731
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+        w_ih: Tensor = getattr(self, f"weight_ih_l{layer}")
+        w_hh: Tensor = getattr(self, f"weight_hh_l{layer}")
+        b_ih: Tensor | None = getattr(self, f"bias_ih_l{layer}", None)  # absent with bias=False
+        b_hh: Tensor | None = getattr(self, f"bias_hh_l{layer}", None)
+        return w_ih, w_hh, b_ih, b_hh
 
     def _prepare(self, input: Tensor, hx: Tensor | None) -> tuple[Tensor, Tensor]:
         if not isinstance(input, Tensor) or input.dim() != 3:
@@ -167,9 +171,11 @@ class SequenceClassifier(nn.Module):
 
     Args:
         cell: ``"rnn"``, ``"lstm"`` or ``"gru"``.
-        input_size: ``I``, pixels per step.
-        hidden_size: ``H``.
         num_classes: output size.
+        in_channels: ``C`` of the images; each step reads ``I = C * W`` values.
+        image_size: ``H = W`` of the images, so ``T = H`` steps of ``I = C * W`` values; the model's
+            ``input_size`` is ``(C, H, W)``, as for the convolutional models.
+        hidden_size: ``H``.
         num_layers: stacked recurrent layers.
         backend: ``"scratch"`` (this module's layers) or ``"torch"`` (``torch.nn.RNN``/``LSTM``/``GRU``);
             both have the same parameters, so a state dict moves between them.
@@ -177,25 +183,26 @@ class SequenceClassifier(nn.Module):
     Reference: Q. V. Le, N. Jaitly, G. E. Hinton, arXiv:1504.00941 (2015) for (permuted) sequential MNIST.
     """
 
-    def __init__(self, cell: str = "lstm", input_size: int = 28, hidden_size: int = 128, num_classes: int = 10,
-                 num_layers: int = 1, backend: str = "scratch") -> None:
+    def __init__(self, cell: str = "lstm", *, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
+                 hidden_size: int = 128, num_layers: int = 1, backend: str = "scratch") -> None:
         super().__init__()
         if cell not in _CELLS:
             raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {cell!r}")
         if backend not in ("scratch", "torch"):
             raise ValueError(f"backend must be 'scratch' or 'torch', got {backend!r}")
         layer = _CELLS[cell] if backend == "scratch" else {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
-        self.cell, self.input_size = cell, input_size
-        self.rnn = layer(input_size, hidden_size, num_layers=num_layers, batch_first=True)
+        self.cell, self.step_size = cell, in_channels * image_size
+        self.input_size = (in_channels, image_size, image_size)
+        self.rnn = layer(self.step_size, hidden_size, num_layers=num_layers, batch_first=True)
         self.fc = nn.Linear(hidden_size, num_classes)
 
     def sequences(self, x: Tensor) -> Tensor:
         """``(N, C, H, W)`` images to ``(N, H, C*W)`` row sequences; ``(N, T, I)`` passes through."""
         if x.dim() == 4:
             x = x.permute(0, 2, 1, 3).flatten(2)
-        if x.dim() != 3 or x.shape[2] != self.input_size:
-            raise ValueError(f"SequenceClassifier expected images (N, C, H, W) with C*W={self.input_size} or "
-                             f"sequences (N, T, {self.input_size}), got {tuple(x.shape)}")
+        if x.dim() != 3 or x.shape[2] != self.step_size:
+            raise ValueError(f"SequenceClassifier expected images (N, C, H, W) with C*W={self.step_size} or "
+                             f"sequences (N, T, {self.step_size}), got {tuple(x.shape)}")
         return x
 
     def forward(self, x: Tensor) -> Tensor:
@@ -204,18 +211,24 @@ class SequenceClassifier(nn.Module):
 
 
 @register_model
-def sequence_rnn(**kwargs) -> SequenceClassifier:
-    """Elman RNN classifier for sequential MNIST (28 steps of 28 pixels)."""
-    return SequenceClassifier("rnn", **kwargs)
+def sequence_rnn(*, num_classes: int = 10, in_channels: int = 1, hidden_size: int = 128,
+                 **kwargs: Any) -> SequenceClassifier:
+    """Elman RNN classifier for sequential MNIST (28 steps of 28 pixels); see :class:`SequenceClassifier`."""
+    return SequenceClassifier("rnn", num_classes=num_classes, in_channels=in_channels, hidden_size=hidden_size,
+                              **kwargs)
 
 
 @register_model
-def sequence_lstm(**kwargs) -> SequenceClassifier:
-    """LSTM classifier for sequential MNIST (28 steps of 28 pixels)."""
-    return SequenceClassifier("lstm", **kwargs)
+def sequence_lstm(*, num_classes: int = 10, in_channels: int = 1, hidden_size: int = 128,
+                  **kwargs: Any) -> SequenceClassifier:
+    """LSTM classifier for sequential MNIST (28 steps of 28 pixels); see :class:`SequenceClassifier`."""
+    return SequenceClassifier("lstm", num_classes=num_classes, in_channels=in_channels, hidden_size=hidden_size,
+                              **kwargs)
 
 
 @register_model
-def sequence_gru(**kwargs) -> SequenceClassifier:
-    """GRU classifier for sequential MNIST (28 steps of 28 pixels)."""
-    return SequenceClassifier("gru", **kwargs)
+def sequence_gru(*, num_classes: int = 10, in_channels: int = 1, hidden_size: int = 128,
+                 **kwargs: Any) -> SequenceClassifier:
+    """GRU classifier for sequential MNIST (28 steps of 28 pixels); see :class:`SequenceClassifier`."""
+    return SequenceClassifier("gru", num_classes=num_classes, in_channels=in_channels, hidden_size=hidden_size,
+                              **kwargs)
