@@ -19,6 +19,8 @@ the several output sizes that a strided ``conv2d`` maps to the same ``H``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -125,6 +127,16 @@ def conv_transpose2d_naive(input: Tensor, weight: Tensor, bias: Tensor | None = 
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
+class _ConvTransposeSaved(NamedTuple):
+    """What ``_ConvTranspose2dFunction.forward`` keeps for the backward pass, besides the saved tensors."""
+
+    canvas: tuple[int, int]  # the uncropped output, before padding is cut away
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    has_bias: bool
+
+
 class _ConvTranspose2dFunction(torch.autograd.Function):
     """Transposed convolution as one matrix product then col2im, with a hand-written backward.
 
@@ -136,6 +148,18 @@ class _ConvTranspose2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, bias, stride, padding, output_padding, dilation, out_size):
+        """Forward pass.
+
+        Inputs:
+            input: ``(N, C_in, H, W)``; weight: ``(C_in, C_out, K_h, K_w)``; bias: ``(C_out,)`` or None;
+            stride, padding, output_padding, dilation: pairs; out_size: ``(H_out, W_out)``.
+
+        Returns:
+            ``(N, C_out, H_out, W_out)``.
+
+        Saves:
+            ``input`` (needed for dW) and ``weight`` (needed for dX), plus a ``_ConvTransposeSaved``.
+        """
         n, c_in, h, w = input.shape
         kernel = tuple(weight.shape[2:])
         canvas = _canvas_size((h, w), kernel, stride, dilation)
@@ -147,13 +171,23 @@ class _ConvTranspose2dFunction(torch.autograd.Function):
         if bias is not None:
             out = out + bias.view(1, -1, 1, 1)
         ctx.save_for_backward(input, weight)
-        ctx.conf = (canvas, stride, padding, dilation, bias is not None)
+        ctx.saved = _ConvTransposeSaved(canvas, stride, padding, dilation, bias is not None)
         return out.contiguous()
 
     @staticmethod
     def backward(ctx, grad_out):
+        """Backward pass.
+
+        Inputs:
+            grad_out: upstream derivative dL/dY, ``(N, C_out, H_out, W_out)``.
+
+        Returns:
+            ``(dX, dW, db, None, None, None, None, None)``: dX ``(N, C_in, H, W)``, dW ``(C_in, C_out, K_h, K_w)``,
+            db ``(C_out,)`` (each ``None`` when not needed), then one ``None`` per non-tensor argument.
+        """
         input, weight = ctx.saved_tensors
-        canvas, stride, padding, dilation, has_bias = ctx.conf
+        saved: _ConvTransposeSaved = ctx.saved
+        canvas, stride, padding, dilation = saved.canvas, saved.stride, saved.padding, saved.dilation
         n, c_in, h, w = input.shape
         kernel = tuple(weight.shape[2:])
         # undo the crop: the gradient of the canvas is grad_out placed back at its offset, zero elsewhere
@@ -167,7 +201,7 @@ class _ConvTranspose2dFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             x_rows = input.reshape(n, c_in, h * w)
             d_weight = torch.einsum("ncl,nkl->ck", x_rows, g_cols).reshape(weight.shape)  # sums images, pixels
-        if has_bias and ctx.needs_input_grad[2]:
+        if saved.has_bias and ctx.needs_input_grad[2]:
             d_bias = grad_out.sum(dim=(0, 2, 3))
         return d_input, d_weight, d_bias, None, None, None, None, None
 

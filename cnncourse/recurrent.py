@@ -93,6 +93,18 @@ class _ElmanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, h0, weight_ih, weight_hh, bias_ih, bias_hh):
+        """Forward pass.
+
+        Inputs:
+            input: ``(N, T, I)``; h0: ``(N, H)``; weight_ih: ``(H, I)``; weight_hh: ``(H, H)``;
+            bias_ih, bias_hh: ``(H,)`` or None.
+
+        Returns:
+            ``(hs, h_n)``: every step's state ``(N, T, H)`` and the last one ``(N, H)``.
+
+        Saves:
+            ``input``, ``h0``, both weights and ``hs`` (``tanh' = 1 - h**2`` needs only the outputs).
+        """
         n, steps, _ = input.shape
         projected = input @ weight_ih.t() + _bias(bias_ih) + _bias(bias_hh)  # (N, T, H), all steps at once
         hs = input.new_empty(n, steps, h0.shape[1])
@@ -106,6 +118,15 @@ class _ElmanFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, grad_hn):
+        """Backward pass through time (the equations in the class docstring).
+
+        Inputs:
+            grad_output: dL/dhs ``(N, T, H)``; grad_hn: dL/dh_n ``(N, H)``.
+
+        Returns:
+            ``(dx, dh0, dW_ih, dW_hh, db_ih, db_hh)`` with the shapes of the inputs; ``None`` where not needed
+            (the two bias gradients are equal, since both biases enter ``a_t`` the same way).
+        """
         input, h0, weight_ih, weight_hh, hs = ctx.saved_tensors
         steps = input.shape[1]
         da = torch.empty_like(hs)  # (N, T, H): gradient at the pre-activation of every step
