@@ -82,7 +82,9 @@ def grid(
                         gid=f"{gid}:{i},{j}")
 
 
-def outline(ax: Axes, x: float, y: float, w: float, h: float, colour: str, gid: str, lw: float = 3, ls: str = "-") -> None:
+def outline(
+    ax: Axes, x: float, y: float, w: float, h: float, colour: str, gid: str, lw: float = 3, ls: str = "-"
+) -> None:
     """An unfilled rectangle, lower-left corner ``(x, y)``."""
     ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=colour, lw=lw, ls=ls, gid=gid, zorder=5))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
 
@@ -70,7 +71,8 @@ def _describe(module: nn.Module, rows: list[LayerRow]) -> tuple[str, str]:
         m = module if not convs else convs[0]
         k, s = _k(m.kernel_size), _k(m.stride)
         extra = ", BN" if any(r.type == "BatchNorm2d" for r in rows) else ""
-        return "conv", f"{k}×{k} conv, {rows[0].output_shape[0]}" + (f", /{s}" if s != 1 else "") + extra
+        name = "partial conv" if t == "PartialConv2d" else "conv"  # LeNet-5's C3 and its connection table
+        return "conv", f"{k}×{k} {name}, {rows[0].output_shape[0]}" + (f", /{s}" if s != 1 else "") + extra
     if t.startswith("Adaptive"):
         side = rows[0].output_shape[-1]
         return "pool", "global avg pool" if side == 1 else f"adaptive avg pool → {side}×{side}"
@@ -109,8 +111,9 @@ def strip_boxes(model: nn.Module, input_size: Sequence[int]) -> list[StripBox]:
             prev = boxes[-1]
             prev.layers += [r.name for r in rows]
             prev.params += params
-            if all(r.type == "BatchNorm2d" for r in rows) and not prev.text.endswith("BN"):
-                prev.text += ", BN"
+            for norm, tag in (("BatchNorm2d", "BN"), ("LocalResponseNorm", "LRN")):
+                if any(norm in r.type for r in rows) and not prev.text.endswith(tag):
+                    prev.text += f", {tag}"
             continue
         boxes.append(StripBox(key, kind, text, rows[-1].output_shape if kind != "block" else _block_out(rows), params,
                               [r.name for r in rows]))
@@ -139,7 +142,8 @@ def architecture_strip(model: nn.Module | str = "vgg16", input_size: Sequence[in
 
     Args:
         model: a module, or one of ``STRIP_MODELS`` (``"lenet5"``, ``"alexnet"``, ``"vgg16"``,
-            ``"googlenet"``, ``"resnet18"``), built with the library's builders.
+            ``"googlenet"``, ``"resnet18"``), built with the library's builders on the ``meta``
+            device (the strip needs shapes and parameter counts, not weights).
         input_size: ``(C, H, W)``; required for a module, looked up for a name.
         title: heading; default the model's name.
 
@@ -153,7 +157,9 @@ def architecture_strip(model: nn.Module | str = "vgg16", input_size: Sequence[in
         if model not in STRIP_MODELS:
             raise ValueError(f"model must be one of {sorted(STRIP_MODELS)} or an nn.Module, got {model!r}")
         builder, kwargs, size, name = STRIP_MODELS[model]
-        model, input_size, title = get_model(builder, **kwargs), input_size or size, title or name
+        with torch.device("meta"):  # shapes and counts only: no memory, no initialisation
+            model = get_model(builder, **kwargs)
+        input_size, title = input_size or size, title or name
     if input_size is None:
         raise ValueError("input_size (C, H, W) is required when model is a module")
     title = title or type(model).__name__

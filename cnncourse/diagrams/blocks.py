@@ -11,8 +11,18 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
-from cnncourse.diagrams._draw import (BLUE, GREEN, GREY, ORANGE, PURPLE, SKY, VERMILION, arrow, box, fit, label,
-                                      new_figure)
+from cnncourse.diagrams._draw import (
+    BLUE,
+    GREEN,
+    GREY,
+    ORANGE,
+    VERMILION,
+    arrow,
+    box,
+    fit,
+    label,
+    new_figure,
+)
 from cnncourse.models.googlenet import Inception
 from cnncourse.models.resnet import BasicBlock, Bottleneck
 

@@ -16,8 +16,23 @@ from matplotlib.patches import Rectangle
 
 from cnncourse import functional as cf
 from cnncourse.analysis import receptive_field
-from cnncourse.diagrams._draw import (BLUE, GREEN, GREY, LIGHT, ORANGE, PURPLE, SKY, VERMILION, arrow, box, fit, fmt,
-                                      grid, label, new_figure, outline)
+from cnncourse.diagrams._draw import (
+    BLUE,
+    GREEN,
+    GREY,
+    LIGHT,
+    ORANGE,
+    PURPLE,
+    SKY,
+    VERMILION,
+    arrow,
+    fit,
+    fmt,
+    grid,
+    label,
+    new_figure,
+    outline,
+)
 
 __all__ = ["cross_correlation", "im2col", "multi_channel", "padding_stride", "pooling", "receptive_field_growth"]
 
@@ -62,7 +77,8 @@ def cross_correlation(
     outline(ax, xo + j, -(h - oh) / 2 - i - 1, 1, 1, GREEN, gid="out-cell")
     label(ax, w + 0.75, -h / 2, "⋆", fontsize=20)
     label(ax, xk + kw + 0.75, -h / 2, "=", fontsize=20)
-    for x_mid, name in ((w / 2, f"input {h}×{w}"), (xk + kw / 2, f"kernel {kh}×{kw}"), (xo + ow / 2, f"output {oh}×{ow}")):
+    titles = ((w / 2, f"input {h}×{w}"), (xk + kw / 2, f"kernel {kh}×{kw}"), (xo + ow / 2, f"output {oh}×{ow}"))
+    for x_mid, name in titles:
         label(ax, x_mid, 0.45, name, gid="title")
     terms = [f"{fmt(x[i + u, j + v].item())}·{fmt(weight[u, v].item())}" for u in range(kh) for v in range(kw)]
     half = (len(terms) + 1) // 2
@@ -82,12 +98,14 @@ def padding_stride(size: int = 5, kernel: int = 3, padding: int = 1, strides: Se
         A figure with, per stride ``s``, grids ``pad{s}`` (padded input) and ``out{s}`` (output).
     """
     if size < 1 or kernel < 1 or padding < 0 or any(s < 1 for s in strides):
-        raise ValueError(f"expected size, kernel, strides >= 1 and padding >= 0, got {size}, {kernel}, {strides}, {padding}")
+        raise ValueError(
+            f"expected size, kernel, strides >= 1 and padding >= 0, got {size}, {kernel}, {strides}, {padding}")
     n = size + 2 * padding
     fig, ax = new_figure(6.4, 3.4 * len(strides))
     top = 0.0
     for s in strides:
-        o = F.conv2d(torch.zeros(1, 1, size, size), torch.zeros(1, 1, kernel, kernel), stride=s, padding=padding).shape[-1]
+        o = F.conv2d(torch.zeros(1, 1, size, size), torch.zeros(1, 1, kernel, kernel), stride=s, padding=padding)
+        o = o.shape[-1]
         pad_cells = {(i, j): LIGHT[GREY] for i in range(n) for j in range(n)
                      if min(i, j) < padding or max(i, j) >= padding + size}
         grid(ax, None, 0, top, shape=(n, n), gid=f"pad{s}", colours=pad_cells)
@@ -165,7 +183,7 @@ def pooling(x: torch.Tensor | None = None, kernel: int = 2, stride: int | None =
         A figure with grids ``in``, ``max`` (``cnncourse.functional.max_pool2d``) and ``avg``
         (``cnncourse.functional.avg_pool2d``).
     """
-    x = torch.tensor([[1.0, 3, 2, 0], [4, 2, 1, 1], [0, 1, 5, 6], [2, 2, 7, 3]]) if x is None else x.float()
+    x = torch.tensor([[1.0, 3, 2, 0], [4, 2, 1, 1], [0, 1, 5, 6], [2, 2, 7, 1]]) if x is None else x.float()
     if x.dim() != 2:
         raise ValueError(f"expected x (H, W), got {tuple(x.shape)}")
     stride = stride or kernel
@@ -191,7 +209,9 @@ def pooling(x: torch.Tensor | None = None, kernel: int = 2, stride: int | None =
     return fig
 
 
-def receptive_field_growth(layers: Sequence[nn.Module] | None = None, width: int = 16, unit: int | None = None) -> Figure:
+def receptive_field_growth(
+    layers: Sequence[nn.Module] | None = None, width: int = 16, unit: int | None = None
+) -> Figure:
     """One row of units per layer, along one image axis; the units a single top unit depends on are filled.
 
     The filled units are found by walking the layers backwards (unit ``u`` of a layer with kernel
@@ -234,7 +254,8 @@ def receptive_field_growth(layers: Sequence[nn.Module] | None = None, width: int
             colour = (LIGHT[ORANGE] if level == top else LIGHT[BLUE]) if filled else "white"
             ax.add_patch(Rectangle((x0 + u + 0.1, yy), 0.8, 0.8, facecolor=colour,
                                    edgecolor=ORANGE if (filled and level == top) else "#333333",
-                                   lw=1.8 if filled else 0.8, gid=f"dep:{level},{u}" if filled else f"unit:{level},{u}"))
+                                   lw=1.8 if filled else 0.8,
+                                   gid=f"dep:{level},{u}" if filled else f"unit:{level},{u}"))
         text = names[level] if level == 0 else f"{names[level]}\nfield {fields[level - 1]}"
         label(ax, -0.6, yy + 0.4, text, ha="right", fontsize=10, gid="rowlabel")
         if level:
@@ -270,7 +291,8 @@ def im2col(size: int = 4, kernel: int = 2) -> Figure:
     if not 1 <= kernel <= size:
         raise ValueError(f"expected 1 <= kernel <= size, got kernel={kernel}, size={size}")
     x = torch.arange(1.0, size * size + 1).view(1, 1, size, size)
-    weight = torch.tensor([1.0, 2, 0, -1] + [0] * max(0, kernel * kernel - 4))[: kernel * kernel].view(1, 1, kernel, kernel)
+    taps = ([1.0, 2, 0, -1] + [0.0] * max(0, kernel * kernel - 4))[: kernel * kernel]
+    weight = torch.tensor(taps).view(1, 1, kernel, kernel)
     cols = F.unfold(x, kernel)[0]  # (K*K, L)
     out = (weight.view(1, -1) @ cols)[0]  # (L,)
     o = size - kernel + 1
@@ -290,10 +312,11 @@ def im2col(size: int = 4, kernel: int = 2) -> Figure:
     grid(ax, cols.numpy(), xc, 0, gid="cols", colours=col_col, size=0.8, fontsize=10)
     arrow(ax, (size * 0.8 + 0.2, -kernel * kernel * 0.4), (xc - 0.2, -kernel * kernel * 0.4), text="unfold", above=0.1)
     label(ax, size * 0.4, 0.4, f"input {size}×{size}", gid="title")
-    label(ax, xc + cols.shape[1] * 0.4, 0.4, f"columns: {kernel * kernel} × {cols.shape[1]}, one per window", gid="title")
+    label(ax, xc + cols.shape[1] * 0.4, 0.4, f"columns: {kernel * kernel} × {cols.shape[1]}, one per window",
+          gid="title")
     yb = -max(kernel * kernel, size) * 0.8 - 1.2
-    grid(ax, weight.view(1, -1).numpy(), 0, yb, gid="w", colours={(0, i): LIGHT[ORANGE] for i in range(kernel * kernel)},
-         size=0.8)
+    grid(ax, weight.view(1, -1).numpy(), 0, yb, gid="w", size=0.8,
+         colours={(0, i): LIGHT[ORANGE] for i in range(kernel * kernel)})
     label(ax, kernel * kernel * 0.4, yb + 0.4, f"kernel as a row, 1 × {kernel * kernel}", fontsize=10, gid="title")
     grid(ax, out.view(1, -1).numpy(), xc, yb, gid="out", colours={(0, idx): LIGHT[c] for idx, c in shown}, size=0.8)
     arrow(ax, (kernel * kernel * 0.8 + 0.2, yb - 0.4), (xc - 0.2, yb - 0.4), text="× columns", above=0.1)

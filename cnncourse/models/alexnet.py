@@ -60,7 +60,8 @@ class PaperLocalResponseNorm(nn.LocalResponseNorm):
         self.paper_alpha = alpha
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, alpha={self.paper_alpha} (paper; torch alpha={self.alpha:g}), beta={self.beta}, k={self.k}"
+        torch_alpha = f"torch alpha={self.alpha:g}"
+        return f"size={self.size}, alpha={self.paper_alpha} (paper; {torch_alpha}), beta={self.beta}, k={self.k}"
 
 
 class AlexNet(nn.Module):
