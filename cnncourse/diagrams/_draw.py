@@ -26,7 +26,8 @@ FONT = 11
 
 def new_figure(width: float, height: float) -> tuple[Figure, Axes]:
     """A figure with one axes that has no frame and equal x/y scales."""
-    fig, ax = plt.subplots(figsize=(width, height))
+    # 150 dpi: the notebook's PNG stays sharp when a phone scales a wide diagram down to its screen
+    fig, ax = plt.subplots(figsize=(width, height), dpi=150)
     ax.set_axis_off()
     ax.set_aspect("equal")
     return fig, ax

@@ -185,10 +185,10 @@ def rnn_unrolled(steps: int = 3) -> Figure:
     box(ax, 0, 3.2, w, h, "$y_t$", colour=GREEN, gid="fold:y")
     arrow(ax, (0, h / 2), (0, 1.6 - h / 2))
     arrow(ax, (0, 1.6 + h / 2), (0, 3.2 - h / 2))
-    ax.annotate("", xy=(w / 2, 1.5), xytext=(w / 2, 1.7), gid="fold:loop",
+    ax.annotate("", xy=(w / 2, 1.45), xytext=(w / 2, 1.75), gid="fold:loop",
                 arrowprops=dict(arrowstyle="-|>", color=VERMILION, lw=1.6, mutation_scale=14, shrinkA=0, shrinkB=0,
-                                connectionstyle="arc,angleA=0,angleB=0,armA=22,armB=22,rad=6"))
-    label(ax, w / 2 + 0.5, 2.05, "$W_{hh}$", color=VERMILION, fontsize=11, gid="fold:label")
+                                connectionstyle="arc,angleA=0,angleB=0,armA=30,armB=30,rad=8"))
+    label(ax, w / 2 + 0.45, 2.15, "$W_{hh}$", color=VERMILION, fontsize=11, gid="fold:label")
     label(ax, 1.95, 1.6, "=", fontsize=20, gid="equals")
     x0, dx = 3.1, 1.5
     box(ax, x0, 1.6, w, h, "$h_0$", colour=GREY, gid="h:0")

@@ -80,7 +80,10 @@ def cross_correlation(
     titles = ((w / 2, f"input {h}×{w}"), (xk + kw / 2, f"kernel {kh}×{kw}"), (xo + ow / 2, f"output {oh}×{ow}"))
     for x_mid, name in titles:
         label(ax, x_mid, 0.45, name, gid="title")
-    terms = [f"{fmt(x[i + u, j + v].item())}·{fmt(weight[u, v].item())}" for u in range(kh) for v in range(kw)]
+    def factor(v: float) -> str:
+        return f"({fmt(v)})" if v < 0 else fmt(v)
+
+    terms = [f"{factor(x[i + u, j + v].item())}·{factor(weight[u, v].item())}" for u in range(kh) for v in range(kw)]
     half = (len(terms) + 1) // 2
     text = " + ".join(terms[:half]) + " +\n" + " + ".join(terms[half:]) + f" = {fmt(out[i, j].item())}"
     label(ax, (xo + ow) / 2, -h - 1.0, text, gid="sum")
