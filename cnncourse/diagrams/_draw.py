@@ -21,7 +21,8 @@ BLUE, ORANGE, GREEN, YELLOW, SKY, VERMILION, PURPLE, GREY = (
     "#0072B2", "#E69F00", "#009E73", "#F0E442", "#56B4E9", "#D55E00", "#CC79A7", "#999999")
 LIGHT = {BLUE: "#cce3f0", ORANGE: "#fae6bf", GREEN: "#bfe7dc", SKY: "#d5ecf9", VERMILION: "#f4d6bf",
          PURPLE: "#f2dde9", GREY: "#e6e6e6", YELLOW: "#fbf8cf"}
-FONT = 11
+FONT = 12
+CELL_FONT = 14  # numbers in unit cells: the part of a diagram that must stay readable on a phone
 
 
 def new_figure(width: float, height: float) -> tuple[Figure, Axes]:
@@ -64,7 +65,7 @@ def grid(
     face: str = "white",
     colours: dict[tuple[int, int], str] | None = None,
     size: float = 1.0,
-    fontsize: float = FONT,
+    fontsize: float | None = None,
 ) -> None:
     """Draw a grid of cells, top-left corner at ``(x0, y0)``; cell ``(i, j)`` gets gid ``f"{gid}:{i},{j}"``.
 
@@ -72,6 +73,7 @@ def grid(
     ``colours`` maps some cells to a face colour.
     """
     arr = None if values is None else np.asarray(values, dtype=float)
+    fontsize = fontsize or CELL_FONT * size
     rows, cols = arr.shape if arr is not None else shape
     for i in range(rows):
         for j in range(cols):
@@ -79,7 +81,9 @@ def grid(
             c = (colours or {}).get((i, j), face)
             ax.add_patch(Rectangle((x, y), size, size, facecolor=c, edgecolor="#333333", lw=1, gid=f"{gid}:{i},{j}"))
             if arr is not None:
-                ax.text(x + size / 2, y + size / 2, fmt(arr[i, j]), ha="center", va="center", fontsize=fontsize,
+                text = fmt(arr[i, j])
+                shrink = min(1.0, 3.2 / len(text))  # "1.25" must still fit in its cell
+                ax.text(x + size / 2, y + size / 2, text, ha="center", va="center", fontsize=fontsize * shrink,
                         gid=f"{gid}:{i},{j}")
 
 

@@ -70,7 +70,7 @@ def _draw_residual(ax: Axes, block: nn.Module, title: str, x0: float = 0.0) -> N
     shortcut = _shortcut_text(block)
     if shortcut != "no shortcut (plain)":
         xs = x0 + w / 2 + 0.5
-        ax.plot([x0 + 1.5, xs, xs], [0, 0, y_add], color=ORANGE, lw=2, gid="shortcut")
+        ax.plot([x0 + 1.95, xs, xs], [0, 0, y_add], color=ORANGE, lw=2, gid="shortcut")
         arrow(ax, (xs, y_add), (x0 + 0.32, y_add), colour=ORANGE, lw=2, gid="shortcut")
     label(ax, x0 + w / 2 + 0.7, y_add / 2, shortcut, ha="left", fontsize=10, color=VERMILION, gid="shortcut-label")
     arrow(ax, (x0, y_add - 0.3), (x0, y_add - 1.0))
@@ -155,7 +155,8 @@ def inception_block(block: Inception | None = None, name: str = "inception (3a)"
         outs.append((x, y, layers[-1].out_channels if isinstance(layers[-1], nn.Conv2d) else None))
     y_cat = -1.5 - 1.25 * 2 - 0.9
     parts = " + ".join(str(c) for _, _, c in outs)
-    box(ax, 0, y_cat, 7.6, h, f"concatenate channels: {parts} = {block.out_channels}", colour=GREEN, gid="box:concat")
+    box(ax, 0, y_cat, 8.2, h, f"concatenate channels: {parts} = {block.out_channels}", colour=GREEN,
+        gid="box:concat", fontsize=11)
     for x, y, _ in outs:
         arrow(ax, (x, y - h / 2 - 0.02), (x * 0.9, y_cat + h / 2 + 0.05))
     fit(ax)

@@ -312,7 +312,7 @@ def im2col(size: int = 4, kernel: int = 2) -> Figure:
                 kernel * 0.8 - 0.08 * idx, c, gid="window", ls="-" if idx == 0 else "--")
     xc = size * 0.8 + 2.2
     col_col = {(u, idx): LIGHT[c] for idx, c in shown for u in range(kernel * kernel)}
-    grid(ax, cols.numpy(), xc, 0, gid="cols", colours=col_col, size=0.8, fontsize=10)
+    grid(ax, cols.numpy(), xc, 0, gid="cols", colours=col_col, size=0.8, fontsize=10.5)
     arrow(ax, (size * 0.8 + 0.2, -kernel * kernel * 0.4), (xc - 0.2, -kernel * kernel * 0.4), text="unfold", above=0.1)
     label(ax, size * 0.4, 0.4, f"input {size}×{size}", gid="title")
     label(ax, xc + cols.shape[1] * 0.4, 0.4, f"columns: {kernel * kernel} × {cols.shape[1]}, one per window",
