@@ -7,6 +7,9 @@ that ``analysis.summary`` finds in the model and the counts the papers give.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")  # tests only; never set MPLBACKEND for notebook kernels
@@ -238,3 +241,24 @@ def test_rnn_unrolled(steps: int) -> None:
 def test_rnn_unrolled_rejects_zero_steps() -> None:
     with pytest.raises(ValueError, match="steps"):
         diagrams.rnn_unrolled(steps=0)
+
+
+def test_book_diagram_cells_have_caption_alt_and_one_reference() -> None:
+    """Every diagram cell in the chapters is a numbered figure with alt text, referenced once in the prose."""
+    book = Path(__file__).resolve().parents[1] / "book"
+    cell = re.compile(r"```\{code-cell\} ipython3\n---\n(.*?)\n---\n(.*?)```", re.S)
+    found = 0
+    for page in sorted(book.glob("*.md")):
+        text = page.read_text()
+        for meta, source in cell.findall(text):
+            if "diagrams." not in source:
+                continue
+            found += 1
+            name = re.search(r"^\s+name:\s*(\S+)\s*$", meta, re.M)
+            assert name, f"{page.name}: a diagram cell without a figure name"
+            assert re.search(r"^\s+caption:\s*\S", meta, re.M), f"{page.name}: {name[1]} has no caption"
+            assert re.search(r"^\s+alt:\s*\S", meta, re.M), f"{page.name}: {name[1]} has no alt text"
+            assert "remove-input" in meta, f"{page.name}: {name[1]} shows its code"
+            refs = text.count("{numref}`" + name[1] + "`")
+            assert refs == 1, f"{page.name}: {name[1]} is referenced {refs} times, expected once"
+    assert found >= 13  # chapters 2-8: 13 diagrams
