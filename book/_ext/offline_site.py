@@ -52,7 +52,7 @@ def _dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict
 
 def _drop_colab_for_markdown(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
     # Runs after sphinx-book-theme's add_launch_buttons (priority 501).
-    if app.env.doc2path(pagename).suffix == ".ipynb":
+    if Path(app.env.doc2path(pagename)).suffix == ".ipynb":
         return
     for group in context.get("header_buttons", []):
         if group.get("label") == "launch-buttons":
