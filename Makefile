@@ -29,13 +29,7 @@ $(STAMP): pyproject.toml
 # Student versions of the labs, for the published book (never the solutions). They are
 # committed too, so that the book's Binder/Colab buttons find them in the repository;
 # tests/test_release.py fails when the committed copies are stale.
-book-# Publish the built book as a static site: `_build/html` becomes the gh-pages branch (ghp-import
-# ships with Jupyter Book 1; -n adds .nojekyll so _static/ is served, -f replaces the old site).
-publish:
-	@test -f _build/html/index.html || { echo "no built book: run 'make book' first"; exit 1; }
-	$(BIN)/ghp-import -n -p -f _build/html
-
-labs: install
+book-labs: install
 	@rm -rf book/labs
 	$(BIN)/python -m cnncourse assign labs/ --out book/labs
 
@@ -63,8 +57,8 @@ nbval: install
 test: unit nbval book
 	$(BIN)/python -m pytest tests -m book -q
 
-# Publish the built book as a static site: `_build/html` becomes the gh-pages branch (ghp-import
-# ships with Jupyter Book 1; -n adds .nojekyll so _static/ is served, -f replaces the old site).
+# Publish the built book as a static site: `_build/html` becomes the gh-pages branch of origin
+# (ghp-import, a [book] extra; -n adds .nojekyll so _static/ is served, -f replaces the old site).
 publish:
 	@test -f _build/html/index.html || { echo "no built book: run 'make book' first"; exit 1; }
 	$(BIN)/ghp-import -n -p -f _build/html

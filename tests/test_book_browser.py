@@ -338,6 +338,13 @@ def test_makefile_never_sets_mplbackend_and_can_publish():
     makefile = (ROOT / "Makefile").read_text()
     assert not re.search(r"^\s*(export\s+)?MPLBACKEND\s*[:?]?=", makefile, re.M), "kernels would draw no figures"
     assert re.search(r"^publish:.*\n(\t.*\n)*\t.*ghp-import .*_build/html", makefile, re.M)
+    import subprocess
+
+    for target in ("publish", "book", "test"):  # the whole Makefile parses, and publish runs ghp-import
+        dry = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True)
+        assert dry.returncode == 0 and "warning" not in dry.stderr, f"`make -n {target}`: {dry.stderr}"
+    assert "ghp-import -n -p -f _build/html" in subprocess.run(["make", "-n", "publish"], cwd=ROOT, capture_output=True,
+                                                               text=True).stdout
 
 
 def _chapter_functions(md: Path, *names: str) -> dict:
