@@ -6,14 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JB_FLAGS := -W -n --keep-going
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
+# Never export MPLBACKEND here: kernels inherit it, and ipykernel then skips its inline backend,
+# so notebooks (the book, `make lab`) draw no figures. Unit tests choose Agg in tests/conftest.py.
 # Notebooks run with their own folder as working directory (nbval, the book, the grader's
 # kernels), so a relative data path such as CI's ../shared/data is made absolute here.
 ifdef CNNCOURSE_DATA
 export CNNCOURSE_DATA := $(abspath $(CNNCOURSE_DATA))
 endif
 
-.PHONY: install book book-instructor test unit nbval labs lab clean book-labs
+.PHONY: install book book-instructor test unit nbval labs lab clean book-labs publish
 
 install: $(STAMP)
 
@@ -57,6 +58,12 @@ nbval: install
 
 test: unit nbval book
 	$(BIN)/python -m pytest tests -m book -q
+
+# Publish the built book as a static site: `_build/html` becomes the gh-pages branch of origin
+# (ghp-import, a [book] extra; -n adds .nojekyll so _static/ is served, -f replaces the old site).
+publish:
+	@test -f _build/html/index.html || { echo "no built book: run 'make book' first"; exit 1; }
+	$(BIN)/ghp-import -n -p -f _build/html
 
 labs: install
 	$(BIN)/python -m cnncourse assign labs/ --out release/

@@ -12,6 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "book: needs the built book in _build/html (run after `make book`)")
+    # Only this test process draws off-screen; never export MPLBACKEND, which kernels would inherit.
+    import matplotlib
+
+    matplotlib.use("Agg")
 
 
 @pytest.fixture(scope="session")
