@@ -197,7 +197,11 @@ def _reader_report(drv) -> dict:
         const outputs = Array.from(main.querySelectorAll('.cell_output > .output, .cell_output > table'))
           .filter(el => over(el) || Array.from(el.querySelectorAll('pre, table')).some(over))
           .map(el => el.innerText.slice(0, 2000));
+        // Any code cell or output block that scrolls sideways hides the end of its lines.
+        const scrolling = Array.from(main.querySelectorAll('.cell_input pre, .cell_output pre, .cell_output table'))
+          .filter(over).map(el => (el.closest('.cell_input') ? 'code: ' : 'output: ') + el.innerText.slice(0, 100));
         return {
+          scrolling: scrolling,
           images: imgs.map(i => ({alt: (i.getAttribute('alt') || '').trim(), html: !!i.closest('.text_html'), w: i.getBoundingClientRect().width,
                                   h: i.getBoundingClientRect().height, loaded: i.complete && i.naturalWidth > 0,
                                   figure: !!i.closest('figure') && !!i.closest('figure').querySelector('figcaption')})),
@@ -219,7 +223,7 @@ def test_chapters_as_a_reader_sees_them(server, browser):
         seen = _reader_report(browser)
         want = sum(figure_cells(md).values())
         imgs = seen["images"]
-        summary[md.stem] = (want, len(imgs), len(seen["overflowing"]))
+        summary[md.stem] = (want, len(imgs), len(seen["overflowing"]), len(seen["scrolling"]))
         if len(imgs) < want:
             problems.append(f"{md.stem}: {len(imgs)} images shown, its source has {want} figure-producing cells")
         for i in imgs:
@@ -237,12 +241,14 @@ def test_chapters_as_a_reader_sees_them(server, browser):
                      for m in BAD_TEXT.finditer(seen["text"])]
         problems += [f"{md.stem}: a verdict or table scrolls sideways at 1400 px: {t[:100]!r}"
                      for t in seen["overflowing"] if VERDICT.search(t)]
+        problems += [f"{md.stem}: scrolls sideways at 1400 px: {t!r}" for t in seen["scrolling"]]
         _full_page_screenshot(browser, SHOTS / f"{md.stem}-1400.png")
         browser.set_window_size(390, 844)
         browser.get(page)
         _full_page_screenshot(browser, SHOTS / f"{md.stem}-390.png")
     (SHOTS / "summary.json").write_text(json.dumps(
-        {k: {"figure_cells": w, "images": n, "overflowing_outputs": o} for k, (w, n, o) in summary.items()}, indent=1))
+        {k: {"figure_cells": w, "images": n, "overflowing_outputs": o, "scrolling_blocks": s}
+         for k, (w, n, o, s) in summary.items()}, indent=1))
     assert not problems, "\n".join(problems)
 
 
