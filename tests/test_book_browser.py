@@ -120,6 +120,8 @@ CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.md"))
 BAD_TEXT = re.compile(r"\bundefined\b|\bNaN\b|epoch never|(?<![\w.])/(?:root|home|tmp)/")
 # A Markdown table's separator row (|---|, which smart quotes turn into |—|) left in running text.
 TABLE_ROW = re.compile(r"\|\s*:?(?:-{3,}|[—–]+)\s*:?\|")
+# Provenance a visible cell must not print: it belongs in the chapter's collapsed note.
+PROVENANCE_TEXT = re.compile(r"^(?:command|date|last update|started):|written by `|\bmachine:", re.I | re.M)
 # An output block that states a verdict or holds a table must be readable without scrolling.
 VERDICT = re.compile(r"verdict|support|contradict|confirm|\|\s*-{3,}|[-=─—]{8,}", re.I)
 
@@ -188,6 +190,46 @@ def test_every_figure_cell_has_a_caption_and_alt_text(md):
         assert options.get("image", {}).get("alt"), f"{md.name}: plotting cell {index} needs mystnb.image alt text"
 
 
+def _visible_code_cells(md: Path):
+    import jupytext
+
+    for index, cell in enumerate(jupytext.read(md).cells):
+        hidden = {"remove-cell", "remove-input", "hide-input"} & set(cell.metadata.get("tags", []))
+        if cell.cell_type == "code" and not hidden:
+            yield index, cell
+
+
+def _is_glue(node: ast.stmt) -> bool:
+    return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Name) and node.value.func.id == "glue")
+
+
+def bookkeeping_glue(source: str) -> int:
+    """``glue(...)`` calls in a cell's closing run of glue calls and asserts: bookkeeping a hidden cell can do."""
+    body = ast.parse(source).body
+    n = len(body)
+    while n and (_is_glue(body[n - 1]) or isinstance(body[n - 1], ast.Assert)):
+        n -= 1
+    return sum(map(_is_glue, body[n:]))
+
+
+def test_bookkeeping_glue_counter():
+    assert bookkeeping_glue("x = f()\nprint(x)\nglue('x', x, display=False)\nassert x") == 1
+    assert bookkeeping_glue("glue('x', 1, display=False)\nprint(2)") == 0  # glue before the lesson's output stays
+    assert bookkeeping_glue("if a:\n    glue('x', 1, display=False)") == 0
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_visible_cells_do_no_bookkeeping(md):
+    """A visible code cell does not end in glue(...) calls, nor print the command or date of a recorded run."""
+    for index, cell in _visible_code_cells(md):
+        assert not bookkeeping_glue(cell.source), \
+            f"{md.name}: visible cell {index} ends with glue(...) calls: move them into a remove-cell cell below it"
+        for literal in (n.value for n in ast.walk(ast.parse(cell.source)) if isinstance(n, ast.Constant)):
+            assert not (isinstance(literal, str) and PROVENANCE_TEXT.search(literal)), \
+                f"{md.name}: visible cell {index} prints provenance ({literal!r}): put it in the collapsed note"
+
+
 def _reader_report(drv) -> dict:
     return drv.execute_script("""
         const main = document.querySelector('main') || document.body;
@@ -221,6 +263,11 @@ def test_chapters_as_a_reader_sees_them(server, browser):
         if browser.execute_script("return document.querySelectorAll('.math').length") > 0:
             _wait_for_mathjax(browser)
         seen = _reader_report(browser)
+        title_lines = browser.execute_script("""
+            const t = document.querySelector('.navbar-brand .title');
+            return t ? Math.round(t.getBoundingClientRect().height / parseFloat(getComputedStyle(t).lineHeight)) : 0;""")
+        if not 1 <= title_lines <= 2:
+            problems.append(f"{md.stem}: the site title takes {title_lines} lines in the sidebar (at most 2)")
         want = sum(figure_cells(md).values())
         imgs = seen["images"]
         summary[md.stem] = (want, len(imgs), len(seen["overflowing"]), len(seen["scrolling"]))
@@ -228,8 +275,8 @@ def test_chapters_as_a_reader_sees_them(server, browser):
             problems.append(f"{md.stem}: {len(imgs)} images shown, its source has {want} figure-producing cells")
         for i in imgs:
             # Sphinx falls back to the file name, which describes nothing. An HTML output's own <img>
-            # (an animation's frame) has no alt option; its figure caption describes it.
-            if not i["html"] and (not i["alt"] or re.search(r"\.(png|jpe?g|svg|gif)$", i["alt"])):
+            # (an animation's frame) gets its alt from plotting.animation_html(alt=...).
+            if not i["alt"] or re.search(r"\.(png|jpe?g|svg|gif)$", i["alt"]):
                 problems.append(f"{md.stem}: an image without alt text (alt={i['alt']!r})")
             if not (i["w"] > 0 and i["h"] > 0 and i["loaded"]):
                 problems.append(f"{md.stem}: an image of zero size or not loaded")
@@ -239,6 +286,9 @@ def test_chapters_as_a_reader_sees_them(server, browser):
                      if TABLE_ROW.search(p)]
         problems += [f"{md.stem}: page text has {m.group(0)!r}: ...{seen['text'][max(0, m.start() - 60):m.end() + 40]!r}"
                      for m in BAD_TEXT.finditer(seen["text"])]
+        problems += [f"{md.stem}: provenance printed on the page instead of the collapsed note: "
+                     f"...{seen['text'][max(0, m.start() - 40):m.end() + 60]!r}"
+                     for m in PROVENANCE_TEXT.finditer(seen["text"])]
         problems += [f"{md.stem}: a verdict or table scrolls sideways at 1400 px: {t[:100]!r}"
                      for t in seen["overflowing"] if VERDICT.search(t)]
         problems += [f"{md.stem}: scrolls sideways at 1400 px: {t!r}" for t in seen["scrolling"]]
@@ -375,3 +425,11 @@ def test_glued_sentences_have_a_wording_for_every_outcome():
         assert not re.search(r"\bNone\b|never|undefined|nan", s), s
     assert "not within the run's 12 epochs" in sentences[0] and "ratio tanh / ReLU of 2.0" in sentences[3]
     assert "25%" in sentences[-1] and "0.8" in sentences[-1]
+
+
+@pytest.mark.book
+def test_general_index_is_not_empty():
+    """The sidebar-less genindex page lists the glossary's terms (each glossary entry is an index entry)."""
+    page = (HTML / "genindex.html").read_text()
+    entries = re.findall(r'<a href="[^"]*#(?:term-|index-)[^"]*"', page)
+    assert len(entries) >= 15, f"the general index has {len(entries)} entries"
