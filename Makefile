@@ -6,14 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JB_FLAGS := -W -n --keep-going
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
+# Never export MPLBACKEND here: kernels inherit it, and ipykernel then skips its inline backend,
+# so notebooks (the book, `make lab`) draw no figures. Unit tests choose Agg in tests/conftest.py.
 # Notebooks run with their own folder as working directory (nbval, the book, the grader's
 # kernels), so a relative data path such as CI's ../shared/data is made absolute here.
 ifdef CNNCOURSE_DATA
 export CNNCOURSE_DATA := $(abspath $(CNNCOURSE_DATA))
 endif
 
-.PHONY: install book book-instructor test unit nbval labs lab clean book-labs lint format-check
+.PHONY: install book book-instructor test unit nbval labs lab clean book-labs lint format-check publish
 
 install: $(STAMP)
 
@@ -37,13 +38,15 @@ book: book-labs
 	@echo "Book built: open _build/html/index.html"
 
 # Instructor edition: the executed source labs, solutions included. Never publish it.
-# Its config is _config.yml with lab execution switched on, derived here so there is one source.
+# Its config is _config.yml with lab execution switched on, and its table of contents is _toc.yml
+# plus the exercise solutions (book/solutions.md), both derived here so there is one source.
 book-instructor: install
 	@rm -rf book/labs && mkdir -p book/labs && cp labs/*.ipynb book/labs/
 	sed -e 's|exclude_patterns: \["book/labs/\*"\]|exclude_patterns: []|' \
 	    -e 's|^title: "\(.*\)"|title: "\1 (instructor edition)"|' _config.yml > .instructor_config.yml
-	$(BIN)/jupyter-book build . $(JB_FLAGS) --config .instructor_config.yml --path-output _build/instructor; \
-	  status=$$?; rm -rf book/labs .instructor_config.yml; \
+	{ cat _toc.yml; printf '  - caption: Solutions (instructor edition)\n    chapters:\n      - file: book/solutions\n'; } > .instructor_toc.yml
+	$(BIN)/jupyter-book build . $(JB_FLAGS) --config .instructor_config.yml --toc .instructor_toc.yml --path-output _build/instructor; \
+	  status=$$?; rm -rf book/labs .instructor_config.yml .instructor_toc.yml; \
 	  $(BIN)/python -m cnncourse assign labs/ --out book/labs >/dev/null; exit $$status
 	@echo "Instructor edition: _build/instructor/_build/html/index.html"
 
@@ -64,6 +67,12 @@ format-check: install
 
 test: lint unit nbval book
 	$(BIN)/python -m pytest tests -m book -q
+
+# Publish the built book as a static site: `_build/html` becomes the gh-pages branch of origin
+# (ghp-import, a [book] extra; -n adds .nojekyll so _static/ is served, -f replaces the old site).
+publish:
+	@test -f _build/html/index.html || { echo "no built book: run 'make book' first"; exit 1; }
+	$(BIN)/ghp-import -n -p -f _build/html
 
 labs: install
 	$(BIN)/python -m cnncourse assign labs/ --out release/

@@ -9,6 +9,7 @@ Y. LeCun, LeNet-5 demos (http://yann.lecun.com/exdb/lenet/).
 
 from __future__ import annotations
 
+import html
 import math
 import re
 import shutil
@@ -255,19 +256,35 @@ def shift_animation(demo: ShiftDemo, channel: int = 0, interval: int = 300) -> a
     return anim
 
 
-def animation_html(anim: animation.Animation) -> str:
+def animation_html(anim: animation.Animation, alt: str | None = None) -> str:
     """HTML for an animation: an HTML5 ``<video>`` when ffmpeg is installed, else JavaScript frames.
 
     Both work offline in a static book page; ``to_jshtml`` needs only Pillow. Its player links
     Font Awesome 4 from a CDN for the button icons; that link is dropped, so the page makes no
     request to another host (the book theme ships Font Awesome, which draws the same icons).
 
+    Args:
+        anim: the animation to embed.
+        alt: what the animation shows, for readers who cannot see it: the frame image's ``alt``
+            (JavaScript player) or the video's ``aria-label``. ``None`` leaves it out.
+
+    Raises:
+        ValueError: if ``alt`` is given but blank.
+
     Reference: https://matplotlib.org/stable/api/_as_gen/matplotlib.animation.Animation.html
     """
+    if alt is not None and not alt.strip():
+        raise ValueError(f"expected alt to describe the animation (a non-blank string), got {alt!r}")
     if shutil.which("ffmpeg"):
-        return anim.to_html5_video()
-    return re.sub(r'<link rel="stylesheet"\s+href="https?://[^"]*font-awesome[^"]*">', "",
-                  anim.to_jshtml(default_mode="loop"))
+        out = anim.to_html5_video()
+        tag, attr = "<video", "aria-label"
+    else:
+        out = re.sub(r'<link rel="stylesheet"\s+href="https?://[^"]*font-awesome[^"]*">', "",
+                     anim.to_jshtml(default_mode="loop"))
+        tag, attr = "<img", "alt"
+    if alt is not None:
+        out = out.replace(tag, f'{tag} {attr}="{html.escape(alt.strip(), quote=True)}"', 1)
+    return out
 
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:

@@ -14,6 +14,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "book: needs the built book in _build/html (run after `make book`)")
     config.addinivalue_line("markers", "slow: trains a model or runs a subprocess for tens of seconds; "
                                        "deselect with -m 'not slow' for a quick loop")
+    # Only this test process draws off-screen; never export MPLBACKEND, which kernels would inherit.
+    import matplotlib
+
+    matplotlib.use("Agg")
 
 
 @pytest.fixture(scope="session")

@@ -379,3 +379,45 @@ def test_vgg_small_param_count() -> None:
     convs = 9 * 1 * 32 + 32 + 9 * 32 * 64 + 64 + 9 * 64 * 128 + 128 + 9 * 128 * 128 + 128
     fcs = 128 * 3 * 3 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
     assert _n_params(vgg_mod.vgg_small()) == convs + fcs == 603_786
+
+
+def _paper_lrn(a: torch.Tensor, n: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> torch.Tensor:
+    """Krizhevsky et al. 2012, Section 3.3, written out: the sum of squares is NOT divided by n."""
+    out = torch.empty_like(a)
+    channels = a.shape[1]
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+        out[:, i] = a[:, i] / (k + alpha * (a[:, lo : hi + 1] ** 2).sum(dim=1)) ** beta
+    return out
+
+
+def test_lrn_matches_the_paper_formula() -> None:
+    # activations of a few tens, as after a ReLU on unnormalised pixels: alpha * sum(a^2) is then
+    # of order 1, so dividing alpha by n (torch's convention) changes the output visibly
+    a = torch.rand(2, 12, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 60
+    expected = _paper_lrn(a)
+    layer = alexnet_mod.PaperLocalResponseNorm()
+    torch.testing.assert_close(layer(a), expected)
+    # torch's layer with the paper's numbers is a different function: the test can tell them apart
+    plain = nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+    assert (plain(a) - expected).abs().max() > 1e-2
+    # the networks use the paper's layer, twice, and it computes the paper's formula
+    for model in (get_model("alexnet_small", lrn=True), alexnet_mod.alexnet(lrn=True)):
+        norms = [m for m in model.modules() if isinstance(m, nn.LocalResponseNorm)]
+        assert len(norms) == 2
+        for norm in norms:
+            torch.testing.assert_close(norm(a), expected)
+    assert not any(isinstance(m, nn.LocalResponseNorm) for m in get_model("alexnet_small").modules())
+    assert "alpha=0.0001 (paper" in repr(layer)
+
+
+def test_alexnet_lrn_keeps_torchvision_keys_and_shapes() -> None:
+    with torch.device("meta"):
+        ours = alexnet_mod.alexnet(lrn=True)
+        reference = tvm.alexnet()
+        out = ours.eval()(torch.empty(1, 3, 224, 224))
+    assert out.shape == (1, 1000)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    # LRN sits after the ReLU of conv1 and conv2, before their max-pools (Section 3.5)
+    assert [type(m).__name__ for m in ours.features[1]] == ["ReLU", "PaperLocalResponseNorm"]
+    assert [type(m).__name__ for m in ours.features[4]] == ["ReLU", "PaperLocalResponseNorm"]

@@ -1,5 +1,7 @@
 """Plot helpers return figures/animations, remove their hooks and count correctly."""
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -86,6 +88,12 @@ def test_shift_strip_and_animation(model):
     html = animation_html(anim)
     assert "<video" in html or "<script" in html
     assert "http://" not in html and "https://" not in html, "the animation must not fetch from another host"
+    described = animation_html(anim, alt='Digit "7" & its maps')
+    assert ('alt="Digit &quot;7&quot; &amp; its maps"' in described) != ('aria-label="Digit &quot;7&quot; &amp; its maps"'
+                                                                        in described)
+    assert not re.search(r"<(img|video)[^>]*(alt|aria-label)=", html), "no alt text unless one is given"
+    with pytest.raises(ValueError, match="non-blank"):
+        animation_html(anim, alt="  ")
 
 
 def test_confusion_matrix_counts():

@@ -45,8 +45,11 @@ def test_student_version_has_no_solution_or_hidden_text(lab, tmp_path):
     nb = nbformat.read(out, as_version=4)
     assert all(c.outputs == [] and c.execution_count is None for c in nb.cells if c.cell_type == "code")
     assert sum("raise NotImplementedError()" in c.source for c in nb.cells) >= 2
-    tags = nb.cells[0].metadata.get("tags", [])
-    assert "parameters" in tags, f"{lab.name}: the first cell must be tagged 'parameters'"
+    # The page opens with its title, then the install cell (Colab), then the Settings cell.
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), f"{lab.name}: no title first"
+    assert "install" in nb.cells[1].metadata.get("tags", []), f"{lab.name}: the install cell must follow the title"
+    tags = nb.cells[2].metadata.get("tags", [])
+    assert "parameters" in tags, f"{lab.name}: the Settings cell after the title must be tagged 'parameters'"
 
 
 @pytest.mark.parametrize("lab", LABS, ids=[p.name for p in LABS])
@@ -116,3 +119,33 @@ def test_committed_student_labs_are_up_to_date():
     for lab in LABS:
         expected = nbformat.writes(student_version(nbformat.read(lab, as_version=4), lab)) + "\n"
         assert (published / lab.name).read_text() == expected, f"book/labs/{lab.name} is stale: run `make book-labs`"
+
+
+def _run_install_cell(monkeypatch, importable: bool) -> list:
+    import importlib.util
+    import subprocess
+
+    nb = student_version(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Lab")]))
+    [cell] = [c for c in nb.cells if "install" in c.metadata.get("tags", [])]
+    calls = []
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (real_find_spec(name) if importable else None) if name == "cnncourse"
+                        else real_find_spec(name, *a))
+    monkeypatch.setattr(subprocess, "check_call", lambda cmd, *a, **k: calls.append(cmd))
+    exec(compile(cell.source, "<install cell>", "exec"), {})
+    return calls
+
+
+def test_install_cell_does_nothing_where_cnncourse_imports(monkeypatch):
+    assert _run_install_cell(monkeypatch, importable=True) == []
+
+
+def test_install_cell_installs_the_pinned_release_where_cnncourse_is_missing(monkeypatch):
+    import sys
+
+    from cnncourse import __version__
+
+    assert _run_install_cell(monkeypatch, importable=False) == [
+        [sys.executable, "-m", "pip", "install", "--quiet",
+         f"cnncourse @ git+https://github.com/cnncourse/cnncourse@v{__version__}"]]

@@ -6,6 +6,10 @@
 - Script de-duplication: sphinx-thebe registers its inline configuration script twice
   under jupyter-book 1, which redeclares a ``const`` and logs a ``SyntaxError`` on every
   page; identical scripts are kept once.
+- Reader fixes (``static/``): the visible sidebar toggles work (the theme binds a hidden
+  duplicate), results wrap instead of scrolling sideways, and the site title fits the sidebar.
+- Launch buttons: Colab opens only real notebooks, so chapter pages (MyST Markdown) keep
+  Binder and the ``.ipynb`` download and lose the Colab link.
 """
 
 from __future__ import annotations
@@ -46,9 +50,29 @@ def _dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict
     files[:] = unique
 
 
+def _drop_colab_for_markdown(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    # Runs after sphinx-book-theme's add_launch_buttons (priority 501).
+    if Path(app.env.doc2path(pagename)).suffix == ".ipynb":
+        return
+    for group in context.get("header_buttons", []):
+        if group.get("label") == "launch-buttons":
+            group["buttons"] = [b for b in group["buttons"] if b.get("text") != "Colab"]
+
+
+def _add_static(app: Sphinx, config) -> None:
+    config.html_static_path.append(str(STATIC))
+
+
+STATIC = Path(__file__).parent / "static"
+
+
 def setup(app: Sphinx) -> dict:
     _mathjax_dir()  # fail early with a clear message
     app.config.mathjax_path = "mathjax/tex-chtml.js"
+    app.connect("config-inited", _add_static)
+    app.add_css_file("offline_site.css")
+    app.add_js_file("offline_site.js")
     app.connect("build-finished", _copy)
     app.connect("html-page-context", _dedupe_scripts, priority=1)
+    app.connect("html-page-context", _drop_colab_for_markdown, priority=600)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

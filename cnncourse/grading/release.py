@@ -112,6 +112,37 @@ def student_version(nb: nbformat.NotebookNode, path: str | os.PathLike = "<noteb
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     nb.metadata.pop("widgets", None)
+    add_install_cell(nb)
+    return nb
+
+
+def add_install_cell(nb: nbformat.NotebookNode, requirement: str | None = None) -> nbformat.NotebookNode:
+    """Insert, after the title cell, a code cell that installs the course package where it is missing.
+
+    A notebook that does not open with a Markdown title (``# ...``) is returned unchanged.
+
+    On the course's own machine the cell does nothing; in Colab (or any fresh kernel) it runs
+    ``pip install`` of ``requirement``, by default the tagged release of this package's version
+    from the repository: the one place that names where a released lab installs from.
+    """
+    from cnncourse import __version__
+
+    if not (nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")):
+        return nb
+    requirement = requirement or f"cnncourse @ git+https://github.com/cnncourse/cnncourse@v{__version__}"
+    source = (
+        "# Colab or a fresh machine: install the course package if this kernel cannot import it.\n"
+        "import importlib.util, subprocess, sys\n"
+        "\n"
+        'if importlib.util.find_spec("cnncourse") is None:\n'
+        f'    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", {requirement!r}])'
+    )
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["install"]})
+    if nb.nbformat_minor >= 5:
+        cell.id = "install-cnncourse"  # stable, so re-released labs do not differ
+    else:
+        cell.pop("id", None)  # cell ids exist from nbformat 4.5 on
+    nb.cells.insert(1, cell)
     return nb
 
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 from cnncourse.models._common import check_input
 from cnncourse.models._registry import register_model
 
-__all__ = ["AlexNet", "AlexNetSmall", "alexnet", "alexnet_small"]
+__all__ = ["AlexNet", "AlexNetSmall", "PaperLocalResponseNorm", "alexnet", "alexnet_small"]
 
 
 def _activation(name: str) -> nn.Module:
@@ -33,6 +33,33 @@ def _activation(name: str) -> nn.Module:
     if name == "tanh":
         return nn.Tanh()
     raise ValueError(f"activation must be 'relu' or 'tanh', got {name!r}")
+
+
+class PaperLocalResponseNorm(nn.LocalResponseNorm):
+    """Local response normalisation as Krizhevsky et al. (2012, Section 3.3) define it.
+
+    ``b[c] = a[c] / (k + alpha * sum_{c'} a[c']^2) ** beta``, the sum running over the ``size``
+    channels centred on ``c`` (clipped at the first and last channel), **not** divided by ``size``.
+    ``torch.nn.LocalResponseNorm`` divides ``alpha`` by ``size``; this subclass hands it
+    ``alpha * size``, so ``alpha`` here is the paper's alpha. Input and output ``(N, C, H, W)``.
+
+    Args:
+        size: channels in the window (the paper's ``n = 5``).
+        alpha: the paper's ``alpha`` (1e-4).
+        beta: exponent (0.75).
+        k: additive constant (2).
+
+    Reference: Krizhevsky et al., NeurIPS 2012, Section 3.3;
+    https://pytorch.org/docs/stable/generated/torch.nn.LocalResponseNorm.html (``alpha / n``).
+    """
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> None:
+        super().__init__(size=size, alpha=alpha * size, beta=beta, k=k)
+        self.paper_alpha = alpha
+
+    def extra_repr(self) -> str:
+        torch_alpha = f"torch alpha={self.alpha:g}"
+        return f"size={self.size}, alpha={self.paper_alpha} (paper; {torch_alpha}), beta={self.beta}, k={self.k}"
 
 
 class AlexNet(nn.Module):
@@ -47,11 +74,15 @@ class AlexNet(nn.Module):
         num_classes: number of output logits.
         in_channels: input channels ``C_in``.
         dropout: dropout probability before the first two fully connected layers.
+        lrn: apply the paper's local response normalisation (``PaperLocalResponseNorm``) after
+            the ReLUs of conv1 and conv2. ``features[1]`` and ``features[4]`` then become
+            ``nn.Sequential(ReLU, LRN)``; LRN has no parameters, so the ``state_dict`` keys stay
+            torchvision's.
 
     Note:
         The channel counts are 64-192-384-256-256, from the single-GPU "one weird trick"
         variant that torchvision implements, not the 2012 paper's 96-256-384-384-256 (split
-        48/128/192/192/128 across two GPUs). There is no local response normalisation, the
+        48/128/192/192/128 across two GPUs). By default there is no local response normalisation, the
         first conv has padding 2 (the paper's 224 input with an 11x11 stride-4 conv does not
         give its stated 55x55 output; 227 or padding 2 does), and the model has 61,100,840
         parameters against the paper's "60 million".
@@ -60,16 +91,21 @@ class AlexNet(nn.Module):
     ``models/alexnet.py``.
     """
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5, lrn: bool = False) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.input_size = (in_channels, 224, 224)
+
+        def relu_norm() -> nn.Module:
+            # one slot of the Sequential either way, so later indices (and state_dict keys) keep torchvision's
+            return nn.Sequential(nn.ReLU(inplace=True), PaperLocalResponseNorm()) if lrn else nn.ReLU(inplace=True)
+
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2),
-            nn.ReLU(inplace=True),
+            relu_norm(),
             nn.MaxPool2d(kernel_size=3, stride=2),
             nn.Conv2d(64, 192, kernel_size=5, padding=2),
-            nn.ReLU(inplace=True),
+            relu_norm(),
             nn.MaxPool2d(kernel_size=3, stride=2),
             nn.Conv2d(192, 384, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
@@ -118,7 +154,7 @@ class AlexNetSmall(nn.Module):
             conv4 and conv5 only see the half of the channels computed on their own GPU
             (grouped convolutions, ``groups=2``), while conv3 and the FC layers see all.
         lrn: add the paper's local response normalisation after conv1 and conv2
-            (``size=5, alpha=1e-4, beta=0.75, k=2``).
+            (``PaperLocalResponseNorm``: ``size=5, alpha=1e-4, beta=0.75, k=2``, sum not divided by size).
         hidden: width of the two hidden fully connected layers.
 
     Reference: Krizhevsky et al., NeurIPS 2012, Sections 3.1 (ReLU), 3.2 (two GPUs),
@@ -143,7 +179,7 @@ class AlexNetSmall(nn.Module):
         _activation(activation)  # validate the name before building anything
 
         def norm() -> list[nn.Module]:
-            return [nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)] if lrn else []
+            return [PaperLocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)] if lrn else []
 
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 32, kernel_size=5, padding=2),
@@ -182,13 +218,15 @@ class AlexNetSmall(nn.Module):
 
 
 @register_model
-def alexnet(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5, **kwargs: Any) -> AlexNet:
+def alexnet(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5, lrn: bool = False,
+            **kwargs: Any) -> AlexNet:
     """Build the ImageNet AlexNet (61,100,840 parameters at 1000 classes, 3 channels).
 
     Args:
         num_classes: number of output logits.
         in_channels: input channels.
         dropout: classifier dropout probability.
+        lrn: add the paper's local response normalisation after conv1 and conv2.
         **kwargs: passed on to ``AlexNet``.
 
     Returns:
@@ -200,7 +238,7 @@ def alexnet(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0
 
     Reference: Krizhevsky et al., NeurIPS 2012; Krizhevsky, arXiv:1404.5997.
     """
-    return AlexNet(num_classes=num_classes, in_channels=in_channels, dropout=dropout, **kwargs)
+    return AlexNet(num_classes=num_classes, in_channels=in_channels, dropout=dropout, lrn=lrn, **kwargs)
 
 
 @register_model
