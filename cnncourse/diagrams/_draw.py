@@ -15,6 +15,7 @@ from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
+from matplotlib.text import Text
 
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
 BLUE, ORANGE, GREEN, YELLOW, SKY, VERMILION, PURPLE, GREY = (
@@ -74,7 +75,12 @@ def grid(
     """
     arr = None if values is None else np.asarray(values, dtype=float)
     fontsize = fontsize or CELL_FONT * size
-    rows, cols = arr.shape if arr is not None else shape
+    if arr is not None:
+        rows, cols = arr.shape
+    elif shape is not None:
+        rows, cols = shape
+    else:
+        raise ValueError("grid() needs values or shape, got neither")
     for i in range(rows):
         for j in range(cols):
             x, y = x0 + j * size, y0 - (i + 1) * size
@@ -127,7 +133,9 @@ def artists(fig: Figure, prefix: str, kind: str = "any") -> list[Artist]:
     """Every patch (``kind="patch"``), text (``"text"``) or either whose gid starts with ``prefix``."""
     found: list[Artist] = []
     for ax in fig.axes:
-        pool = {"patch": ax.patches, "text": ax.texts, "any": [*ax.patches, *ax.texts]}[kind]
+        pools: dict[str, list[Artist]] = {"patch": list(ax.patches), "text": list(ax.texts),
+                                          "any": [*ax.patches, *ax.texts]}
+        pool = pools[kind]
         found += [a for a in pool if (a.get_gid() or "").startswith(prefix)]
     return found
 
@@ -136,6 +144,7 @@ def cell_texts(fig: Figure, gid: str) -> dict[tuple[int, int], str]:
     """The numbers written in the grid ``gid``, as ``{(i, j): text}``."""
     out = {}
     for t in artists(fig, gid + ":", "text"):
-        i, j = t.get_gid().split(":", 1)[1].split(",")
+        assert isinstance(t, Text)
+        i, j = (t.get_gid() or "").split(":", 1)[1].split(",")
         out[int(i), int(j)] = t.get_text()
     return out

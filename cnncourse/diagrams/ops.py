@@ -107,8 +107,8 @@ def padding_stride(size: int = 5, kernel: int = 3, padding: int = 1, strides: Se
     fig, ax = new_figure(6.4, 3.4 * len(strides))
     top = 0.0
     for s in strides:
-        o = F.conv2d(torch.zeros(1, 1, size, size), torch.zeros(1, 1, kernel, kernel), stride=s, padding=padding)
-        o = o.shape[-1]
+        o = int(F.conv2d(torch.zeros(1, 1, size, size), torch.zeros(1, 1, kernel, kernel), stride=s,
+                         padding=padding).shape[-1])
         pad_cells = {(i, j): LIGHT[GREY] for i in range(n) for j in range(n)
                      if min(i, j) < padding or max(i, j) >= padding + size}
         grid(ax, None, 0, top, shape=(n, n), gid=f"pad{s}", colours=pad_cells)
