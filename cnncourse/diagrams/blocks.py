@@ -166,8 +166,8 @@ def inception_block(block: Inception | None = None, name: str = "inception (3a)"
 def rnn_unrolled(steps: int = 3) -> Figure:
     """A recurrent network folded (one cell with a loop) and unfolded in time over ``steps`` steps.
 
-    The same weights ``W_xh``, ``W_hh``, ``W_hy`` are used at every step:
-    ``h_t = tanh(W_hh h_{t-1} + W_xh x_t + b_h)`` and ``y_t = W_hy h_t + b_y``.
+    The same weights ``W_ih``, ``W_hh``, ``W_hy`` (torch.nn.RNN's names) are used at every step:
+    ``h_t = tanh(W_hh h_{t-1} + W_ih x_t + b_h)`` and ``y_t = W_hy h_t + b_y``.
 
     Args:
         steps: number of time steps drawn, at least 1.
@@ -198,7 +198,7 @@ def rnn_unrolled(steps: int = 3) -> Figure:
         box(ax, x, 0, w, h, f"$x_{{{t}}}$", colour=GREY, gid=f"x:{t}")
         box(ax, x, 1.6, w, h, f"$h_{{{t}}}$", colour=BLUE, gid=f"h:{t}")
         box(ax, x, 3.2, w, h, f"$y_{{{t}}}$", colour=GREEN, gid=f"y:{t}")
-        arrow(ax, (x, h / 2), (x, 1.6 - h / 2), text="$W_{xh}$" if t == 1 else None, fontsize=11)
+        arrow(ax, (x, h / 2), (x, 1.6 - h / 2), text="$W_{ih}$" if t == 1 else None, fontsize=11)
         arrow(ax, (x, 1.6 + h / 2), (x, 3.2 - h / 2), text="$W_{hy}$" if t == 1 else None, fontsize=11)
         arrow(ax, (x - dx + w / 2, 1.6), (x - w / 2, 1.6), colour=VERMILION, gid="rec")
     label(ax, x0 + dx / 2, 2.0, "$W_{hh}$", color=VERMILION, fontsize=11, gid="rec-label")
