@@ -240,8 +240,8 @@ def _reader_report(drv) -> dict:
           .filter(el => over(el) || Array.from(el.querySelectorAll('pre, table')).some(over))
           .map(el => el.innerText.slice(0, 2000));
         // Any code cell or output block that scrolls sideways hides the end of its lines.
-        const scrolling = Array.from(main.querySelectorAll('.cell_input pre, .cell_output pre, .cell_output table'))
-          .filter(over).map(el => (el.closest('.cell_input') ? 'code: ' : 'output: ') + el.innerText.slice(0, 100));
+        const scrolling = Array.from(main.querySelectorAll('div.highlight pre, .cell_output pre, .cell_output table'))
+          .filter(over).map(el => (el.closest('div.highlight') ? 'code: ' : 'output: ') + el.innerText.slice(0, 100));
         return {
           scrolling: scrolling,
           images: imgs.map(i => ({alt: (i.getAttribute('alt') || '').trim(), html: !!i.closest('.text_html'), w: i.getBoundingClientRect().width,
