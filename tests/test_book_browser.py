@@ -117,7 +117,7 @@ BOOK = ROOT / "book"
 SHOTS = ROOT / "_build" / "screenshots"
 CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.md"))
 # Page text a reader must never meet: unfilled templates, missing numbers, build machines' paths.
-BAD_TEXT = re.compile(r"\bundefined\b|\bNaN\b|epoch never|(?<![\w.])/(?:root|home|tmp)/")
+BAD_TEXT = re.compile(r"\bundefined\b|\bNaN\b|epoch never|(?<![\w.])/(?:root|home|tmp)/|(?<=\s)\u2013(?=[a-z])")
 # A Markdown table's separator row (|---|, which smart quotes turn into |—|) left in running text.
 TABLE_ROW = re.compile(r"\|\s*:?(?:-{3,}|[—–]+)\s*:?\|")
 # Provenance a visible cell must not print: it belongs in the chapter's collapsed note.
