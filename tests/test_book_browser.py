@@ -117,7 +117,7 @@ BOOK = ROOT / "book"
 SHOTS = ROOT / "_build" / "screenshots"
 CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.md"))
 # Page text a reader must never meet: unfilled templates, missing numbers, build machines' paths.
-BAD_TEXT = re.compile(r"\bundefined\b|\bNaN\b|epoch never|(?<![\w.])/(?:root|home|tmp)/")
+BAD_TEXT = re.compile(r"\bundefined\b|\bNaN\b|epoch never|(?<![\w.])/(?:root|home|tmp)/|(?<=\s)\u2013(?=[a-z])")
 # A Markdown table's separator row (|---|, which smart quotes turn into |—|) left in running text.
 TABLE_ROW = re.compile(r"\|\s*:?(?:-{3,}|[—–]+)\s*:?\|")
 # Provenance a visible cell must not print: it belongs in the chapter's collapsed note.
@@ -240,8 +240,8 @@ def _reader_report(drv) -> dict:
           .filter(el => over(el) || Array.from(el.querySelectorAll('pre, table')).some(over))
           .map(el => el.innerText.slice(0, 2000));
         // Any code cell or output block that scrolls sideways hides the end of its lines.
-        const scrolling = Array.from(main.querySelectorAll('.cell_input pre, .cell_output pre, .cell_output table'))
-          .filter(over).map(el => (el.closest('.cell_input') ? 'code: ' : 'output: ') + el.innerText.slice(0, 100));
+        const scrolling = Array.from(main.querySelectorAll('div.highlight pre, .cell_output pre, .cell_output table'))
+          .filter(over).map(el => (el.closest('div.highlight') ? 'code: ' : 'output: ') + el.innerText.slice(0, 100));
         return {
           scrolling: scrolling,
           images: imgs.map(i => ({alt: (i.getAttribute('alt') || '').trim(), html: !!i.closest('.text_html'), w: i.getBoundingClientRect().width,
