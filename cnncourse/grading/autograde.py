@@ -19,7 +19,6 @@ whole process group is killed.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import resource
@@ -28,14 +27,15 @@ import signal
 import subprocess
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import nbformat
 
+from cnncourse.grading.harness import GraderChannel, lab_imports, run_test
 from cnncourse.grading.release import BEGIN_HIDDEN, find_regions
+from cnncourse.grading.rpc import PeerGone, PeerTimeout
 
 SCHEMA = 1
 STATUSES = ("ok", "timeout", "crashed", "invalid-notebook", "missing-cells", "error")
@@ -60,6 +60,7 @@ class LabSpec:
     sha256: str
     tests: tuple[TestCell, ...]
     required_ids: tuple[str, ...]
+    imports: str = ""
 
     @property
     def max_total(self) -> float:
@@ -113,7 +114,7 @@ def load_lab(path: str | os.PathLike) -> LabSpec:
             tests.append(TestCell(gid, float(meta.get("points", 0)), public, hidden))
     if not tests:
         raise ValueError(f"{path}: expected graded test cells (nbgrader grade=True with a grade_id), found none")
-    return LabSpec(path, hashlib.sha256(raw).hexdigest(), tuple(tests), tuple(ids))
+    return LabSpec(path, hashlib.sha256(raw).hexdigest(), tuple(tests), tuple(ids), lab_imports(nb))
 
 
 def read_submission(raw: bytes) -> nbformat.NotebookNode:
@@ -159,6 +160,26 @@ def plan(lab: LabSpec, nb: nbformat.NotebookNode) -> tuple[list[tuple[str, Any]]
     return steps, missing
 
 
+def secret_id(secret: str) -> str:
+    """A short fingerprint of the course secret for records (so a resumed run never mixes secrets); "" for none."""
+    return hashlib.sha256(b"cnncourse-secret\0" + secret.encode()).hexdigest()[:12] if secret else ""
+
+
+def kernel_env() -> dict[str, str]:
+    """The environment of a student's kernel: the grader's, less the course secret, with one thread.
+
+    The kernel inherits ``PYTHONPATH`` (so a development checkout of ``cnncourse`` is the one
+    imported) and gets an absolute ``CNNCOURSE_DATA``.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg",
+               PYDEVD_DISABLE_FILE_VALIDATION="1", PYTHONHASHSEED="0")
+    env.pop("CNNCOURSE_SECRET", None)
+    if env.get("CNNCOURSE_DATA"):
+        # The kernel runs in a temporary folder: a relative data path would point nowhere.
+        env["CNNCOURSE_DATA"] = os.path.abspath(env["CNNCOURSE_DATA"])
+    return env
+
+
 def _limit_memory(memory_mb: int | None) -> Callable[[], None]:
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -176,18 +197,9 @@ class _Kernel:
         from nbclient import NotebookClient
 
         class Client(NotebookClient):
-            nonce: str | None = None
-            report: str | None = None
-
             def output(self, outs: Any, msg: dict[str, Any], display_id: Any, cell_index: int) -> None:
-                # Outputs are dropped as they arrive (a 100 MB print costs no memory here);
-                # only the test report line, marked by this test's nonce, is kept.
-                if self.nonce and msg["msg_type"] == "stream":
-                    text = msg["content"].get("text", "")
-                    if self.nonce in text:
-                        for line in text.splitlines():
-                            if line.startswith(self.nonce):
-                                self.report = line[len(self.nonce):]
+                # Outputs are dropped as they arrive: a 100 MB print costs no memory here, and
+                # nothing the student's kernel prints is read by the grader.
                 return None
 
         # IPC sockets in a private folder instead of TCP on localhost, which other users could reach.
@@ -198,11 +210,7 @@ class _Kernel:
                              allow_errors=True, iopub_timeout=10, shutdown_kernel="immediate",
                              startup_timeout=max(1, int(min(120, deadline - time.monotonic()))))
         self.client.on_cell_executed = self._on_executed
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg",
-                   PYDEVD_DISABLE_FILE_VALIDATION="1", PYTHONHASHSEED="0")
-        if env.get("CNNCOURSE_DATA"):
-            # The kernel runs in a temporary folder: a relative data path would point nowhere.
-            env["CNNCOURSE_DATA"] = os.path.abspath(env["CNNCOURSE_DATA"])
+        env = kernel_env()
         try:
             self.client.start_new_kernel(cwd=workdir, env=env, preexec_fn=_limit_memory(limits.memory_mb),
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -214,12 +222,32 @@ class _Kernel:
     def _on_executed(self, cell: Any, cell_index: int, execute_reply: dict[str, Any]) -> None:
         self.reply = execute_reply.get("content", {})
 
-    def run(self, source: str, timeout: float, nonce: str | None = None) -> dict[str, Any]:
+    def run(self, source: str, timeout: float) -> dict[str, Any]:
         """Execute ``source``; return the reply content (``status``, ``ename``, ``evalue``)."""
         self.client.timeout = max(1, math.ceil(timeout))
-        self.client.nonce, self.client.report, self.reply = nonce, None, {}
+        self.reply = {}
         self.client.execute_cell(nbformat.v4.new_code_cell(source), 0, store_history=False)
         return self.reply
+
+    def connect(self, timeout: float) -> GraderChannel:
+        """Start the agent in the kernel (before any student code) and return the grader's end of its socket."""
+        import socket
+
+        path = os.path.join(self.sockets, "grader.sock")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            server.bind(path)
+            server.listen(1)
+            server.settimeout(max(1.0, timeout))
+            reply = self.run(f"import cnncourse.grading.runner as _cg_runner\n"
+                             f"_cg_runner.start({path!r}, get_ipython().user_ns)\ndel _cg_runner", timeout)
+            if reply.get("status") != "ok":
+                raise RuntimeError(f"the grading agent did not start: {reply.get('ename')}: {reply.get('evalue')}")
+            conn, _ = server.accept()
+        finally:
+            server.close()
+        conn.settimeout(None)
+        return GraderChannel(conn)
 
     def kill(self) -> None:
         """Kill the kernel's process group (its children too) and release its files."""
@@ -253,14 +281,7 @@ def _question(test: TestCell, passed: bool, feedback: str, detail: str = "") -> 
             "passed": passed, "feedback": feedback, "detail": detail or feedback}
 
 
-def _score_report(test: TestCell, report: str | None) -> dict[str, Any]:
-    if report is None:
-        return _question(test, False, "the test did not report a result (did the submission interfere "
-                                       "with the grader?)")
-    try:
-        res = json.loads(report)
-    except ValueError:
-        return _question(test, False, "the test report was unreadable")
+def _score_report(test: TestCell, res: dict[str, Any]) -> dict[str, Any]:
     public, hidden = res.get("public"), res.get("hidden")
     if isinstance(public, dict):
         msg = f"{public.get('type')}: {public.get('message')}"
@@ -273,7 +294,8 @@ def _score_report(test: TestCell, report: str | None) -> dict[str, Any]:
     return _question(test, False, "the test report was incomplete")
 
 
-def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits: Limits = Limits()) -> dict:
+def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits: Limits = Limits(),
+                     secret: str = "") -> dict:
     """Grade one submission and return its record; never raises for a bad submission.
 
     The record holds ``student``, ``status`` (one of :data:`STATUSES`), ``reason``,
@@ -287,6 +309,7 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
     path = Path(path)
     record: dict[str, Any] = {"schema": SCHEMA, "student": student, "submission": str(path),
                               "submission_sha256": "", "lab": lab.name, "lab_sha256": lab.sha256,
+                              "secret_id": secret_id(secret),
                               "status": "ok", "reason": "", "total": 0.0, "max_total": lab.max_total,
                               "elapsed": 0.0, "questions": [], "missing_cells": [], "cell_errors": []}
     results: dict[str, dict[str, Any]] = {}
@@ -315,14 +338,14 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     workdir = tempfile.mkdtemp(prefix="cnncourse-grade-")
-    kernel = None
+    kernel = channel = None
     current = "starting the kernel"
     running: TestCell | None = None
     whole = False
     try:
         kernel = _Kernel(limits, workdir, deadline)
-        kernel.run("import cnncourse.grading.runner as _cg_runner\n_cg_runner.setup(get_ipython().user_ns)\n"
-                   "del _cg_runner", deadline - time.monotonic())
+        channel = kernel.connect(deadline - time.monotonic())
+        carry: dict[str, Any] = {}
         for kind, item in steps:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -339,11 +362,14 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
                         f"{reply.get('ename')}: {reply.get('evalue')}", 300)})
             else:
                 current, running = f"the test {item.grade_id}", item
-                nonce = "@@grade-" + uuid.uuid4().hex + "@@"
-                call = (f"__import__('cnncourse.grading.runner', fromlist=['run_test']).run_test("
-                        f"{item.grade_id!r}, {item.public!r}, {item.hidden!r}, {nonce!r})")
-                kernel.run(call, per_cell, nonce=nonce)
-                results[item.grade_id] = _score_report(item, kernel.client.report)
+                channel.deadline = time.monotonic() + per_cell
+                try:
+                    report = run_test(channel, item.grade_id, item.public, item.hidden, lab.imports, carry, secret)
+                except PeerTimeout:
+                    raise CellTimeoutError("per-cell time limit") from None
+                except PeerGone:
+                    raise DeadKernelError("the kernel closed its socket") from None
+                results[item.grade_id] = _score_report(item, report)
         return finish(*final)
     except CellTimeoutError:
         why = (f"the whole-submission limit of {limits.timeout:g} s ran out during {current}" if whole
@@ -359,6 +385,8 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
     except Exception as exc:  # noqa: BLE001  (the grader must return a record whatever happens)
         return finish("error", _short(f"grader error during {current}: {type(exc).__name__}: {exc}", 300))
     finally:
+        if channel is not None:
+            channel.sock.close()
         if kernel is not None:
             kernel.kill()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -372,8 +400,9 @@ class Job:
     submission: str
     student: str
     limits: Limits = field(default_factory=Limits)
+    secret: str = ""
 
 
 def run_job(job: Job) -> dict[str, Any]:
     """Worker entry point: grade one submission (the lab is re-read, so workers share nothing)."""
-    return grade_submission(load_lab(job.lab_path), job.submission, job.student, job.limits)
+    return grade_submission(load_lab(job.lab_path), job.submission, job.student, job.limits, job.secret)

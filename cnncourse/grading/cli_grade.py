@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ def _cmd_grade(args: argparse.Namespace) -> int:
     limits = Limits(timeout=args.timeout, cell_timeout=args.cell_timeout, memory_mb=args.memory or None)
     try:
         records = grade_batch(args.lab, args.submissions, args.out, jobs=args.jobs, limits=limits,
-                              force=args.force, progress=not args.no_progress)
+                              force=args.force, progress=not args.no_progress,
+                              secret=args.secret if args.secret is not None else os.environ.get("CNNCOURSE_SECRET", ""))
     except (FileNotFoundError, ValueError, MarkerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -50,6 +52,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--cell-timeout", type=float, default=120.0, help="seconds per cell or test (default 120)")
     g.add_argument("--memory", type=int, default=4096,
                    help="data memory limit per kernel in MB, RLIMIT_DATA (default 4096; 0 for none)")
+    g.add_argument("--secret", default=None,
+                   help="the course's secret: seeds every random input of the hidden tests, so values memorised "
+                        "from the public repository are of no use (default: $CNNCOURSE_SECRET, else none)")
     g.add_argument("--force", action="store_true", help="re-grade submissions that already have a record")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_grade)

@@ -22,7 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Any, Callable
 
-from cnncourse.grading.autograde import SCHEMA, STATUSES, Job, LabSpec, Limits, load_lab, run_job
+from cnncourse.grading.autograde import SCHEMA, STATUSES, Job, LabSpec, Limits, load_lab, run_job, secret_id
 from cnncourse.io import atomic_write_text
 
 
@@ -117,7 +117,7 @@ def _write_record(out: Path, record: dict[str, Any]) -> None:
     atomic_write_text(out / "feedback" / f"{record['student']}.html", feedback_html(record))
 
 
-def _previous(out: Path, student: str, lab: LabSpec, submission: Path) -> dict[str, Any] | None:
+def _previous(out: Path, student: str, lab: LabSpec, submission: Path, secret: str = "") -> dict[str, Any] | None:
     import hashlib
 
     try:
@@ -127,18 +127,20 @@ def _previous(out: Path, student: str, lab: LabSpec, submission: Path) -> dict[s
         return None
     ok = (isinstance(record, dict) and record.get("schema") == SCHEMA and record.get("lab_sha256") == lab.sha256
           and record.get("submission_sha256") == sha and record.get("student") == student
-          and record.get("status") in STATUSES and isinstance(record.get("questions"), list))
+          and record.get("status") in STATUSES and isinstance(record.get("questions"), list)
+          and record.get("secret_id", "") == secret_id(secret))
     return record if ok else None
 
 
 def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike], out: str | os.PathLike, *,
                 jobs: int = 1, limits: Limits = Limits(), force: bool = False, progress: bool = True,
-                on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                on_record: Callable[[dict[str, Any]], None] | None = None, secret: str = "") -> list[dict[str, Any]]:
     """Grade every submission against the source lab and write ``out``'s records, gradebook and feedback.
 
     Args:
         jobs: submissions graded at once, each in its own worker process and kernel.
         force: re-grade submissions already graded with the same lab and submission checksums.
+        secret: the course's secret, which seeds the hidden tests' random inputs (see :func:`checks.course_seed`).
         on_record: called in the main process after each new record is written.
 
     Returns:
@@ -154,11 +156,11 @@ def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike
     records: dict[str, dict[str, Any]] = {}
     todo: list[Job] = []
     for student, path in pairs:
-        previous = None if force else _previous(out, student, lab, path)
+        previous = None if force else _previous(out, student, lab, path, secret)
         if previous is not None:
             records[student] = previous
         else:
-            todo.append(Job(str(lab.path), str(path), student, limits))
+            todo.append(Job(str(lab.path), str(path), student, limits, secret))
     bar = tqdm(total=len(pairs), initial=len(records), desc=f"grading {lab.name}", unit="nb", disable=not progress)
 
     def done(record: dict[str, Any]) -> None:
@@ -209,6 +211,6 @@ def _error_record(lab: LabSpec, job: Job, reason: str) -> dict[str, Any]:
     questions = [{"grade_id": t.grade_id, "points": 0.0, "max_points": t.points, "passed": False,
                   "feedback": f"not graded: {reason}", "detail": reason} for t in lab.tests]
     return {"schema": SCHEMA, "student": job.student, "submission": job.submission, "submission_sha256": "",
-            "lab": lab.name, "lab_sha256": lab.sha256, "status": "error", "reason": reason, "total": 0.0,
+            "lab": lab.name, "lab_sha256": lab.sha256, "secret_id": secret_id(job.secret), "status": "error", "reason": reason, "total": 0.0,
             "max_total": lab.max_total, "elapsed": 0.0, "questions": questions, "missing_cells": [],
             "cell_errors": []}
