@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 # The per-course secret: set by the grader for each test; ``None`` means "read CNNCOURSE_SECRET".
 SECRET: str | None = None
+# Set by the grader while a test runs: builds an object in the student's kernel (see student_object).
+_REMOTE_BUILD: Callable[..., Any] | None = None
 
 
 class CheckFailed(AssertionError):
@@ -77,3 +79,22 @@ def course_seed(seed: int) -> int:
         return int(seed)
     digest = hashlib.sha256(f"{secret}\0{int(seed)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+def student_object(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``factory(*args, **kwargs)``, built where the student's code runs.
+
+    In a notebook that is right here. Under the autograder the test runs in the grader's
+    process and the student's code in their kernel, so a test that hands an object to a
+    student's function which changes it (freezes its layers, swaps its head) builds it with
+    this: the object then lives in the student's kernel and the test reads it back
+    through a proxy. ``factory`` must be a function or class of ``cnncourse`` or ``torch``.
+
+    Example::
+
+        m = student_object(lenet5, "textbook", num_classes=5)
+        freeze(m, "features")
+    """
+    if _REMOTE_BUILD is not None:
+        return _REMOTE_BUILD(factory, *args, **kwargs)
+    return factory(*args, **kwargs)

@@ -84,7 +84,7 @@ class GraderChannel(Channel):
         if op == "getattr" and args and type(args[0]) is str and (
                 args[0] in GRADER_ATTRS or (data and not args[0].startswith("_"))):
             return apply_op(op, target, args)
-        if op in ("value", "len", "iter", "repr", "str", "bool", "format") and not isinstance(target, type):
+        if op in ("value", "len", "iter", "next", "repr", "str", "bool", "format") and not isinstance(target, type):
             if op == "value" and not isinstance(target, torch.Tensor):
                 raise TypeError("only tensors can be fetched by value")
             return apply_op(op, target, args)
@@ -176,6 +176,12 @@ def run_test(channel: GraderChannel, grade_id: str, public: str, hidden: str, im
     result: dict[str, Any] = {"public": None, "hidden": None if hidden.strip() else "not run", "output": ""}
     captured = _CappedText()
     checks.SECRET = secret
+
+    def build(factory: Any, *args: Any, **kwargs: Any) -> Any:
+        where = f"{getattr(factory, '__module__', '')}:{getattr(factory, '__qualname__', '')}"
+        return channel.request("build", where, list(args), kwargs)
+
+    checks._REMOTE_BUILD = build
     previous_forbidden = integrity._remote_forbidden
     integrity._remote_forbidden = channel.forbidden
     ns = TestNamespace(channel)
@@ -227,5 +233,6 @@ def run_test(channel: GraderChannel, grade_id: str, public: str, hidden: str, im
     finally:
         integrity._remote_forbidden = previous_forbidden
         checks.SECRET = None
+        checks._REMOTE_BUILD = None
     result["output"] = captured.getvalue()
     return result

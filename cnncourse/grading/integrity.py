@@ -69,7 +69,14 @@ def forbid(*dotted_names: str) -> Iterator[None]:
             yield
         finally:
             del _remote_forbidden[mark:]
-        return
+    else:
+        with forbid_here(*dotted_names):
+            yield
+
+
+@contextlib.contextmanager
+def forbid_here(*dotted_names: str) -> Iterator[None]:
+    """:func:`forbid` in this process, always (the grading agent uses it in the student's kernel)."""
     # Resolve everything before patching anything: names may alias one another
     # (torch.conv2d is torch.nn.functional.conv2d), and the first name given is the one reported.
     originals: dict[int, tuple[str, Any]] = {}

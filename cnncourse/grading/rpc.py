@@ -99,6 +99,14 @@ class Proxy:
     def __iter__(self):
         return iter(self._cg("iter"))
 
+    def __next__(self) -> Any:
+        item = self._cg("next")
+        if type(item) is not list or len(item) > 1:
+            raise TypeError(f"next() of a {self._cg_type} returned malformed data")
+        if not item:
+            raise StopIteration
+        return item[0]
+
     def __len__(self) -> int:
         n = self._cg("len")
         if type(n) is not int:
@@ -173,7 +181,10 @@ Proxy.__hash__ = lambda self: hash((id(self._cg_channel), self._cg_id))  # __eq_
 
 def _materialise(value: Any) -> Any:
     if type(value) is Proxy:
-        return value._cg_value()
+        got = value._cg_value()
+        if type(got) is Proxy:
+            raise TypeError(f"a {value._cg_type} cannot be used as a tensor")
+        return got
     if type(value) in (list, tuple):
         return type(value)(_materialise(v) for v in value)
     if type(value) is dict:
@@ -459,6 +470,11 @@ def apply_op(op: str, target: Any, args: list) -> Any:
             if len(items) > MAX_ITEMS:
                 raise ValueError("too many items to iterate")
         return items
+    if op == "next":
+        try:
+            return [next(target)]
+        except StopIteration:
+            return []
     if op == "len":
         return len(target)
     if op == "bool":
