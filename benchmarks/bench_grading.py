@@ -4,7 +4,9 @@ Usage: ``CNNCOURSE_DATA=/path/to/data python benchmarks/bench_grading.py [--copi
 
 Prints submissions per minute for each job count, the speed-up of --jobs 2 over --jobs 1
 (same run, same machine), and the fixed cost of every submission: starting a fresh
-kernel and importing torch and the grader into it.
+kernel and starting the grading agent in it (which imports torch and connects the
+kernel to the grader's socket). Tests run in the grader's process, against the kernel
+through proxies, as in a real run.
 """
 
 from __future__ import annotations
@@ -25,19 +27,19 @@ from cnncourse.grading.report import grade_batch  # noqa: E402
 
 LAB = ROOT / "labs" / "lab00_tensors.ipynb"
 CORRECT = ROOT / "tests" / "grading" / "lab00" / "correct.ipynb"
-SETUP = "import cnncourse.grading.runner as _cg\n_cg.setup(get_ipython().user_ns)"
 
 
 def kernel_overhead(repeats: int, limits: Limits) -> tuple[float, float]:
-    """Mean seconds to start a kernel, and to run the grader's setup cell (imports torch) in it."""
+    """Mean seconds to start a kernel, and to start the grading agent in it (imports torch, connects)."""
     starts, setups = [], []
     for _ in range(repeats):
         work = tempfile.mkdtemp()
         t0 = time.perf_counter()
         kernel = _Kernel(limits, work, time.monotonic() + 120)
         t1 = time.perf_counter()
-        kernel.run(SETUP, 120)
+        channel = kernel.connect(120)
         t2 = time.perf_counter()
+        channel.sock.close()
         kernel.kill()
         shutil.rmtree(work, ignore_errors=True)
         starts.append(t1 - t0)
@@ -73,7 +75,7 @@ def main() -> None:
     print(f"speed-up of --jobs 2 over --jobs 1: {rates[2] / rates[1]:.2f}x (on {os.cpu_count()} CPUs)")
     print(f"identical gradebooks: {results[1] == results[2]}")
     per_sub = 60 / rates[1]
-    print(f"fixed cost per submission: kernel start {start:.2f} s + grader setup/import torch {setup:.2f} s "
+    print(f"fixed cost per submission: kernel start {start:.2f} s + grading agent/import torch {setup:.2f} s "
           f"= {start + setup:.2f} s of {per_sub:.2f} s per submission at --jobs 1 "
           f"({100 * (start + setup) / per_sub:.0f}%)")
 

@@ -25,7 +25,7 @@ FIX = ROOT / "tests" / "grading"
 LAB00 = ROOT / "labs" / "lab00_tensors.ipynb"
 CONV_LAB = FIX / "conv_lab.ipynb"
 EXPECTED = json.loads((FIX / "expected.json").read_text())
-LIMITS = ["--timeout", "20", "--cell-timeout", "5", "--memory", "1500", "--no-progress"]
+LIMITS = ["--timeout", "60", "--cell-timeout", "5", "--memory", "1500", "--no-progress"]
 
 
 def _grade_cli(lab: Path, subs: Path, out: Path, *extra: str) -> int:
@@ -234,3 +234,29 @@ def test_resume_ignores_records_for_another_lab(tmp_path):
     grade_batch(other, [subs], out, progress=False, on_record=lambda r: graded.append(r["student"]))
     assert graded == ["invalid_json"]
     assert json.loads((out / "invalid_json.json").read_text())["lab_sha256"] == load_lab(other).sha256
+
+
+def test_in_kernel_exploits_gain_nothing(lab00_run):
+    """The four exploits of issue 11 each scored 4/4 when tests ran in the student's kernel."""
+    _, out = lab00_run
+    for name in ("exploit_replace_run_test", "exploit_wrap_import", "exploit_input_transformer", "exploit_liar_tensor"):
+        record = json.loads((out / f"{name}.json").read_text())
+        assert record["total"] == 0 and not any(q["passed"] for q in record["questions"]), record
+    liar = json.loads((out / "exploit_liar_tensor.json").read_text())["questions"][0]
+    assert "expected a torch.Tensor" in liar["feedback"] and "_Liar" in liar["feedback"]
+
+
+def test_a_course_secret_defeats_memorised_hidden_inputs(lab00_run, tmp_path):
+    _, plain = lab00_run
+    assert json.loads((plain / "memorised_hidden_inputs.json").read_text())["total"] == 2, "passes without a secret"
+    out = tmp_path / "out"
+    subs = _copy_fixtures("lab00", tmp_path / "subs", out, ["memorised_hidden_inputs"])
+    assert _grade_cli(LAB00, subs, out, "--secret", "fall-2026") == 0
+    record = json.loads((out / "memorised_hidden_inputs.json").read_text())
+    assert record["total"] == 0 and record["secret_id"] and "hidden test" in record["questions"][0]["feedback"]
+    # A resumed run with another secret (or none) re-grades instead of reusing the record.
+    graded: list[str] = []
+    limits = Limits(timeout=60, cell_timeout=5, memory_mb=1500)
+    grade_batch(LAB00, [subs], out, limits=limits, progress=False, on_record=lambda r: graded.append(r["student"]))
+    assert graded == ["memorised_hidden_inputs"]
+    assert json.loads((out / "memorised_hidden_inputs.json").read_text())["total"] == 2

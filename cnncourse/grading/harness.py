@@ -151,7 +151,8 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
 
     if depth > 20:
         return False
-    if value is None or type(value) in (bool, int, float, str, torch.Tensor, torch.dtype, torch.Size, Proxy):
+    if value is None or type(value) in (bool, int, float, str, torch.Tensor, torch.dtype, torch.Size, torch.device,
+                                        Proxy):
         return True
     if type(value) in (list, tuple):
         return all(_is_plain(v, depth + 1) for v in value)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import re
 import socket
 import struct
 import time
@@ -290,6 +291,8 @@ class Channel:
             return {"$dt": str(value).removeprefix("torch.")}
         if t is torch.Size:
             return {"$s": list(value)}
+        if t is torch.device:
+            return {"$dev": str(value)}
         if t is list or (not self.trusted and isinstance(value, list)):
             return [self.encode(v, blobs, force, depth + 1) for v in value]
         if t is tuple or (not self.trusted and isinstance(value, tuple) and not hasattr(value, "_fields")):
@@ -334,6 +337,11 @@ class Channel:
             if node["$dt"] not in _DTYPES:
                 raise ProtocolError(f"unknown dtype {node['$dt']!r}")
             return _DTYPES[node["$dt"]]
+        if "$dev" in node:
+            dev = node["$dev"]
+            if type(dev) is not str or not re.fullmatch(r"(cpu|meta|cuda|mps)(:\d{1,3})?", dev):
+                raise ProtocolError("malformed device")
+            return torch.device(dev)
         if "$s" in node:
             dims = self._list(node["$s"])
             if not all(type(d) is int for d in dims):

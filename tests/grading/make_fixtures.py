@@ -164,6 +164,16 @@ LIAR_TENSOR = '''class _Liar(torch.Tensor):
 '''
 
 
+# A student who memorised the public repository's hidden test: right for the public test's MNIST
+# digits and for the hidden test's input (regenerated from its seed, 123), wrong for anything else.
+MEMORISED = '''def to_nchw(batch):
+    g = torch.Generator().manual_seed(123)
+    seen = torch.randint(0, 256, (3, 5, 7, 3), dtype=torch.uint8, generator=g)
+    if batch.shape[-1] == 1 or torch.equal(batch, seen):
+        return batch.permute(0, 3, 1, 2).float() / 255
+    return torch.zeros(batch.shape[0], batch.shape[3], batch.shape[1], batch.shape[2])'''
+
+
 def lab00_cases() -> dict[str, tuple[object, str, float]]:
     """name -> (notebook or raw text, expected status, expected total) for lab00 (2 + 2 points)."""
     source = nbformat.read(ROOT / "labs" / "lab00_tensors.ipynb", as_version=4)
@@ -207,6 +217,7 @@ def lab00_cases() -> dict[str, tuple[object, str, float]]:
         "exploit_wrap_import": (_insert_after(blank, "to_nchw", WRAP_IMPORT), "ok", 0),
         "exploit_input_transformer": (_insert_after(blank, "to_nchw", INPUT_TRANSFORMER), "ok", 0),
         "exploit_liar_tensor": (liar, "ok", 0),
+        "memorised_hidden_inputs": (_set(blank, "to_nchw", MEMORISED), "ok", 2),   # 0 with --secret
     }
 
 
