@@ -25,7 +25,7 @@ FIX = ROOT / "tests" / "grading"
 LAB00 = ROOT / "labs" / "lab00_tensors.ipynb"
 CONV_LAB = FIX / "conv_lab.ipynb"
 EXPECTED = json.loads((FIX / "expected.json").read_text())
-LIMITS = ["--timeout", "60", "--cell-timeout", "5", "--memory", "1500", "--no-progress"]
+LIMITS = ["--timeout", "60", "--cell-timeout", "15", "--memory", "1500", "--no-progress"]
 
 
 def _grade_cli(lab: Path, subs: Path, out: Path, *extra: str) -> int:
@@ -144,7 +144,7 @@ def test_partial_credit_and_reasons_survive_hangs_and_crashes(lab00_run):
     _, out = lab00_run
     loop = json.loads((out / "infinite_loop_q2.json").read_text())
     assert [q["passed"] for q in loop["questions"]] == [True, False]
-    assert "per-cell limit of 5 s" in loop["questions"][1]["feedback"]
+    assert "per-cell limit of 15 s" in loop["questions"][1]["feedback"]
     crash = json.loads((out / "os_exit.json").read_text())
     assert "kernel died" in crash["reason"] and crash["questions"][1]["feedback"].startswith("not graded")
     bomb = json.loads((out / "memory_bomb.json").read_text())
@@ -187,7 +187,7 @@ def test_jobs_1_interrupted_and_resumed_equals_jobs_2(lab00_run, tmp_path):
     _, out2 = lab00_run
     out = tmp_path / "out"
     subs = _copy_fixtures("lab00", tmp_path / "subs", out, names)
-    limits = Limits(timeout=20, cell_timeout=5, memory_mb=1500)
+    limits = Limits(timeout=60, cell_timeout=15, memory_mb=1500)
     seen: list[str] = []
 
     def interrupt_after_two(record):
@@ -256,7 +256,7 @@ def test_a_course_secret_defeats_memorised_hidden_inputs(lab00_run, tmp_path):
     assert record["total"] == 0 and record["secret_id"] and "hidden test" in record["questions"][0]["feedback"]
     # A resumed run with another secret (or none) re-grades instead of reusing the record.
     graded: list[str] = []
-    limits = Limits(timeout=60, cell_timeout=5, memory_mb=1500)
+    limits = Limits(timeout=60, cell_timeout=15, memory_mb=1500)
     grade_batch(LAB00, [subs], out, limits=limits, progress=False, on_record=lambda r: graded.append(r["student"]))
     assert graded == ["memorised_hidden_inputs"]
     assert json.loads((out / "memorised_hidden_inputs.json").read_text())["total"] == 2

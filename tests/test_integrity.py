@@ -108,7 +108,7 @@ def test_a_tensor_subclass_never_reaches_the_checks(wire):
     assert torch.allclose(ns["liar"](), torch.ones(3))
 
 
-def test_student_objects_stay_in_the_kernel_and_are_used_through_proxies(wire):
+def test_in_student_kernels_stay_in_the_kernel_and_are_used_through_proxies(wire):
     grader, ns = wire
     ns["net"] = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))
     net = grader.request("name", "net")
@@ -151,7 +151,7 @@ def test_the_kernel_cannot_reach_the_graders_modules(wire):
             try:
                 get()
                 seen[attr] = "reached"
-            except PermissionError:
+            except AttributeError:
                 seen[attr] = "refused"
         try:
             model.weight = None

@@ -1,12 +1,14 @@
 """Grade one submission of a source lab in its own kernel, under time and memory limits.
 
 The grader reads the *source* lab (with solutions and hidden tests) and a student's
-notebook. It starts a fresh IPython kernel for the submission, runs the student's code
-cells in the student's order, and wherever the submission has a graded test cell (matched
-by nbgrader ``grade_id``) it runs the source lab's version of that test instead, public
-and hidden parts, through :func:`cnncourse.grading.runner.run_test`. Each test is a
-separate request whose result comes back as soon as it finishes, so a later hang or crash
-never loses a finished question. Test cells the student deleted run after the last cell.
+notebook. It starts a fresh IPython kernel for the submission, starts the grading agent
+in it (:mod:`cnncourse.grading.runner`) before any student code, and runs the student's
+code cells in the student's order. Wherever the submission has a graded test cell
+(matched by nbgrader ``grade_id``) the source lab's test, public and hidden parts, runs
+in *this* process (:func:`cnncourse.grading.harness.run_test`), reaching the student's
+names through proxies; nothing the kernel does can change the test or its result. Each
+test is scored as soon as it finishes, so a later hang or crash never loses a finished
+question. Test cells the student deleted run after the last cell.
 
 Limits: a per-cell timeout, a whole-submission timeout, and a data-segment limit
 (``RLIMIT_DATA``) set in the kernel process before it starts. ``RLIMIT_AS`` is not used:
@@ -33,7 +35,7 @@ from typing import Any, Callable
 
 import nbformat
 
-from cnncourse.grading.harness import GraderChannel, lab_imports, run_test
+from cnncourse.grading.harness import GraderChannel, lab_imports, run_test, warm_up
 from cnncourse.grading.release import BEGIN_HIDDEN, find_regions
 from cnncourse.grading.rpc import PeerGone, PeerTimeout
 
@@ -337,6 +339,10 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
 
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
+    try:
+        warm_up(lab.imports)
+    except Exception as exc:  # noqa: BLE001
+        return finish("error", _short(f"grader error importing the lab's modules: {type(exc).__name__}: {exc}", 300))
     workdir = tempfile.mkdtemp(prefix="cnncourse-grade-")
     kernel = channel = None
     current = "starting the kernel"

@@ -10,7 +10,7 @@ import torch
 
 # The per-course secret: set by the grader for each test; ``None`` means "read CNNCOURSE_SECRET".
 SECRET: str | None = None
-# Set by the grader while a test runs: builds an object in the student's kernel (see student_object).
+# Set by the grader while a test runs: builds an object in the student's kernel (see in_student_kernel).
 _REMOTE_BUILD: Callable[..., Any] | None = None
 
 
@@ -81,18 +81,19 @@ def course_seed(seed: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def student_object(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``factory(*args, **kwargs)``, built where the student's code runs.
+def in_student_kernel(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``factory(*args, **kwargs)``, called where the student's code runs.
 
     In a notebook that is right here. Under the autograder the test runs in the grader's
-    process and the student's code in their kernel, so a test that hands an object to a
-    student's function which changes it (freezes its layers, swaps its head) builds it with
-    this: the object then lives in the student's kernel and the test reads it back
-    through a proxy. ``factory`` must be a function or class of ``cnncourse`` or ``torch``.
+    process and the student's code in their kernel, so a test that builds an object for a
+    student's function to change (freeze its layers, swap its head), or that seeds the
+    random state the student's code draws from, does it with this; an object it returns
+    then lives in the student's kernel and the test reads it through a proxy. ``factory``
+    must be a function or class of ``cnncourse`` or ``torch``.
 
     Example::
 
-        m = student_object(lenet5, "textbook", num_classes=5)
+        m = in_student_kernel(lenet5, "textbook", num_classes=5)
         freeze(m, "features")
     """
     if _REMOTE_BUILD is not None:

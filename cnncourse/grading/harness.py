@@ -51,6 +51,12 @@ def lab_imports(nb: nbformat.NotebookNode) -> str:
     return "\n".join(dict.fromkeys(lines))
 
 
+def warm_up(imports: str) -> None:
+    """Run the lab's imports once in this process, so their one-off cost never counts against a test's time."""
+    with contextlib.redirect_stdout(_CappedText()), contextlib.redirect_stderr(_CappedText()):
+        exec(compile(imports, "<lab imports>", "exec"), {"__name__": "__warm_up__"})
+
+
 def _local_class(type_name: str) -> Any:
     """The grader's own ``nn.Module`` subclass that a student's object claims to be, or ``None``."""
     import sys
@@ -91,6 +97,9 @@ class GraderChannel(Channel):
         if op == "op" and data and args and args[0] in ("getitem", "neg", "abs", "add", "sub", "mul", "truediv",
                                                         "lt", "le", "gt", "ge", "eq", "ne"):
             return apply_op(op, target, args)
+        if op == "getattr":  # an AttributeError, so hasattr() and dict() treat it as absent
+            raise AttributeError(f"the grader does not give out attribute {str(args[0])[:50]!r} of "
+                                 f"{type(target).__name__}")
         raise PermissionError(f"the grader does not answer {op!r} on {type(target).__name__}")
 
 

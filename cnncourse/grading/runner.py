@@ -51,7 +51,7 @@ def _build(where: Any, args: list) -> Any:
     """Call the library factory named ``"module:qualname"`` with ``args`` = [positional list, keyword dict]."""
     module_name, _, qualname = str(where).partition(":")
     if module_name.split(".")[0] not in ("cnncourse", "torch", "torchvision"):
-        raise ValueError(f"student_object builds only cnncourse or torch objects, not {where!r}")
+        raise ValueError(f"in_student_kernel builds only cnncourse or torch objects, not {where!r}")
     obj: Any = importlib.import_module(module_name)
     for part in qualname.split("."):
         obj = getattr(obj, part)
