@@ -24,7 +24,8 @@ def check_shape(actual: Any, expected: Sequence[int], name: str = "result") -> N
     Reference: the ``(N, C, H, W)`` convention of ``torch.nn.Conv2d``.
     """
     if not isinstance(actual, torch.Tensor):
-        raise CheckFailed(f"{name}: expected a torch.Tensor of shape {tuple(expected)}, got {type(actual).__name__}")
+        raise CheckFailed(f"{name}: expected a torch.Tensor of shape {tuple(expected)}, "
+                          f"got {actual.__class__.__name__}")
     if tuple(actual.shape) != tuple(expected):
         raise CheckFailed(f"{name}: expected shape {tuple(expected)}, got {tuple(actual.shape)}")
 
@@ -45,7 +46,7 @@ def check_close(actual: Any, expected: Any, name: str = "result", rtol: float = 
     """
     expected = torch.as_tensor(expected)
     if not isinstance(actual, torch.Tensor):
-        raise CheckFailed(f"{name}: expected a torch.Tensor, got {type(actual).__name__}")
+        raise CheckFailed(f"{name}: expected a torch.Tensor, got {actual.__class__.__name__}")
     check_shape(actual, expected.shape, name)
     actual_c, expected_c = actual.detach().to(torch.float64), expected.detach().to(torch.float64)
     if not torch.allclose(actual_c, expected_c, rtol=rtol, atol=atol):

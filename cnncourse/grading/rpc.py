@@ -21,6 +21,7 @@ systems, e.g. https://capnproto.org/rpc.html
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import operator
@@ -297,7 +298,7 @@ class Channel:
             return [self.encode(v, blobs, force, depth + 1) for v in value]
         if t is tuple or (not self.trusted and isinstance(value, tuple) and not hasattr(value, "_fields")):
             return {"$u": [self.encode(v, blobs, force, depth + 1) for v in value]}
-        if t is dict or (not self.trusted and isinstance(value, dict)):
+        if t is dict or t is collections.OrderedDict or (not self.trusted and isinstance(value, dict)):
             return {"$d": [[self.encode(k, blobs, force, depth + 1), self.encode(v, blobs, force, depth + 1)]
                            for k, v in value.items()]}
         self.objects[id(value)] = value
