@@ -69,6 +69,22 @@ def _source_root(path: Path) -> Path | None:
     return None
 
 
+def _checkouts(root: Path) -> list[Path]:
+    """``root`` and every other working tree of its git repository (``git worktree``): all hold the labs."""
+    git, found = root / ".git", [root]
+    if git.is_file():                                      # a linked worktree: "gitdir: <main>/.git/worktrees/<name>"
+        text = git.read_text(errors="replace").strip()
+        if text.startswith("gitdir:"):
+            git = _real(root / text.split(":", 1)[1].strip()).parents[1]
+            found.append(git.parent)
+    for link in sorted(git.glob("worktrees/*/gitdir")) if git.is_dir() else ():
+        try:
+            found.append(_real(link.read_text(errors="replace").strip()).parent)
+        except OSError:
+            continue
+    return found
+
+
 def needed_paths() -> list[Path]:
     """Folders the kernel must still see: the ``cnncourse`` package, the Python installation and the data."""
     import cnncourse
@@ -80,12 +96,12 @@ def needed_paths() -> list[Path]:
     return paths
 
 
-def _mask(path: Path, keep: list[Path]) -> Iterator[str]:
-    """bwrap arguments hiding ``path``, except the folders in ``keep`` and the ancestors leading to them."""
+def _mask(path: Path, keep: list[Path]) -> Iterator[tuple[str, ...]]:
+    """bwrap mounts hiding ``path``, except the folders in ``keep`` and the ancestors leading to them."""
     if any(_inside(path, k) for k in keep) or path.is_symlink() or not path.exists():
         return                                                   # needed, or hidden through its target
     if not any(_inside(k, path) for k in keep):
-        yield from ("--tmpfs", str(path)) if path.is_dir() else ("--ro-bind", "/dev/null", str(path))
+        yield ("--tmpfs", str(path)) if path.is_dir() else ("--ro-bind", "/dev/null", str(path))
         return
     for child in sorted(path.iterdir()):                         # an ancestor of something needed
         yield from _mask(child, keep)
@@ -94,7 +110,8 @@ def _mask(path: Path, keep: list[Path]) -> Iterator[str]:
 def hidden_paths(lab: str | os.PathLike, submission: str | os.PathLike, extra: Iterable[str | os.PathLike] = ()
                  ) -> list[Path]:
     """What a kernel must not see: the source lab's folder and checkout, the submission's folder, ``extra``
-    (other submissions, the output folder) and the checkout the ``cnncourse`` package comes from."""
+    (other submissions, the output folder), and the checkouts ``cnncourse`` and the Python environment come
+    from, with every other ``git worktree`` of them."""
     import cnncourse
 
     lab, submission = _real(lab), _real(submission)
@@ -102,7 +119,7 @@ def hidden_paths(lab: str | os.PathLike, submission: str | os.PathLike, extra: I
     for anchor in (lab, _real(Path(cnncourse.__file__).parent), _real(sys.prefix)):
         root = _source_root(anchor)
         if root is not None:
-            paths.append(root)
+            paths.extend(_checkouts(root))
     return list(dict.fromkeys(paths))
 
 
@@ -144,10 +161,13 @@ def bwrap_prefix(workdir: str | os.PathLike, sockets: str | os.PathLike, hide: I
     for folder in private:
         if folder.is_dir() and not folder.is_symlink():
             args += ["--tmpfs", str(folder)]
+    masks: list[tuple[str, ...]] = []
     for path in hide:
         path = _real(path)
         if not any(_inside(path, p) for p in private):          # those are empty already
-            args += list(_mask(path, keep_paths))
+            masks += _mask(path, keep_paths)
+    for mask in dict.fromkeys(masks):
+        args += mask
     args += ["--bind", str(workdir), str(workdir), "--bind", str(sockets), str(sockets),
              "--chdir", str(workdir),
              "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",

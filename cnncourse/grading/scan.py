@@ -18,7 +18,7 @@ import builtins
 from typing import Any, Iterable, Iterator
 
 CODES = {
-    "grader-internals": "refers to the grader (cnncourse.grading, runner, CheckFailed)",
+    "grader-internals": "refers to the grader (cnncourse.grading other than its checks, run_test, its nonce)",
     "builtins": "reaches or rebinds Python's builtins",
     "__import__": "uses __import__",
     "sys.modules": "reads or changes sys.modules",
@@ -61,7 +61,7 @@ _ANY_ATTRS = {  # attribute names suspicious on any object
     "f_back": "frames", "f_globals": "frames", "f_locals": "frames", "f_trace": "frames", "tb_frame": "frames",
     "gi_frame": "frames", "cr_frame": "frames", "__torch_function__": "tensor-subclass",
     "__torch_dispatch__": "tensor-subclass", "as_subclass": "tensor-subclass", "_make_subclass": "tensor-subclass",
-    "__builtins__": "builtins", "__globals__": "frames", "__code__": "frames", "__subclasses__": "gc",
+    "__builtins__": "builtins", "__import__": "__import__", "__globals__": "frames", "__code__": "frames", "__subclasses__": "gc",
 }
 _NAMES = {"__import__": "__import__", "__builtins__": "builtins", "get_referrers": "gc", "get_objects": "gc",
           "InteractiveShell": "ipython-hooks", "CheckFailed": "grader-internals", "DelegationError": "grader-internals",
@@ -160,7 +160,7 @@ def _findings(tree: ast.AST) -> Iterator[tuple[str, int, str]]:
                     yield "grader-internals", line, f"class {node.name}({dotted})"
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             text = node.value
-            if "cnncourse.grading" in text or "cnncourse/grading" in text:
+            if "cnncourse.grading" in text or "cnncourse/grading" in text or "@@grade-" in text:
                 yield "grader-internals", line, repr(text[:60])
             if ".ipynb" in text:
                 yield "reads-notebook", line, repr(text[:60])
@@ -174,7 +174,7 @@ def _findings(tree: ast.AST) -> Iterator[tuple[str, int, str]]:
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
             targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
             for t in targets:
-                for sub in ast.walk(t):
+                for sub in t.elts if isinstance(t, (ast.Tuple, ast.List)) else [t]:
                     if isinstance(sub, ast.Attribute):
                         dotted = _dotted(sub)
                         root = dotted.split(".")[0]
