@@ -182,7 +182,10 @@ def bwrap_prefix(workdir: str | os.PathLike, sockets: str | os.PathLike, hide: I
 
 
 def kernel_manager(prefix: list[str], **kwargs: Any) -> Any:
-    """A jupyter_client ``AsyncKernelManager`` (built with ``kwargs``) whose kernel command starts with ``prefix``.
+    """A jupyter_client ``AsyncKernelManager`` (built with ``kwargs``) that runs ``prefix`` + an IPython kernel.
+
+    The kernel is the grader's own interpreter (``sys.executable -m ipykernel_launcher``), not whatever the
+    installed ``python3`` kernelspec names: a kernelspec may point at another checkout, which the sandbox hides.
 
     Reference: ``KernelManager.format_kernel_cmd``, https://jupyter-client.readthedocs.io/en/stable/api/jupyter_client.html
     """
@@ -190,6 +193,7 @@ def kernel_manager(prefix: list[str], **kwargs: Any) -> Any:
 
     class SandboxedKernelManager(AsyncKernelManager):
         def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
-            return [*prefix, *super().format_kernel_cmd(extra_arguments)]
+            return [*prefix, sys.executable, "-m", "ipykernel_launcher", "-f", os.path.realpath(self.connection_file),
+                    *(extra_arguments or [])]
 
     return SandboxedKernelManager(**kwargs)
