@@ -163,3 +163,19 @@ def test_sandboxed_processes_die_with_their_parent(tmp_path):
     finally:
         for pid in survivors():
             os.kill(pid, signal.SIGKILL)
+
+
+@needs_bwrap
+def test_a_resumed_sandboxed_run_regrades_what_was_graded_without_the_sandbox(tmp_path):
+    from cnncourse.grading.autograde import Limits
+    from cnncourse.grading.report import grade_batch
+
+    sub = tmp_path / "subs" / "broken.ipynb"
+    sub.parent.mkdir()
+    sub.write_text("{not json")                          # graded without a kernel
+    graded: list[bool] = []
+    for use_sandbox in (False, False, True, True, False):
+        grade_batch(LAB00, [sub], tmp_path / "out", progress=False, limits=Limits(sandbox=use_sandbox),
+                    on_record=lambda r: graded.append(r["sandbox"]))
+    assert graded == [False, True]
+    assert json.loads((tmp_path / "out" / "broken.json").read_text())["sandbox"] is True

@@ -167,6 +167,8 @@ def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike
     todo: list[Job] = []
     for student, path in pairs:
         previous = None if force else _previous(out, student, lab, path)
+        if previous is not None and limits.sandbox and previous.get("sandbox") is not True:
+            previous = None  # graded without the sandbox before: grade again inside it
         if previous is not None:
             records[student] = previous
         else:
