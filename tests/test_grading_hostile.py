@@ -29,7 +29,7 @@ HOSTILE = ROOT / "tests" / "grading" / "hostile"
 LAB00 = ROOT / "labs" / "lab00_tensors.ipynb"
 EXPECTED = json.loads((HOSTILE / "expected.json").read_text())
 sys.path.insert(0, str(HOSTILE))
-from make_hostile import FORK_MARKER, empty_cells  # noqa: E402, I001
+from make_hostile import FORK_MARKER, empty_cells  # noqa: E402
 
 # Generous whole-submission time (a loaded 2-core machine); a short per-cell limit ends the hang quickly.
 LIMITS = ["--timeout", "90", "--cell-timeout", "8", "--memory", "1500", "--no-progress"]

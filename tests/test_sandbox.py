@@ -105,7 +105,7 @@ def test_sandboxed_process_sees_a_read_only_world_without_network_or_secrets(tmp
     # tmp_path is under /tmp, private in the sandbox anyway; hiding is tested by the source lab and .git.
     prefix = sandbox.bwrap_prefix(work, sockets, sandbox.hidden_paths(LAB00, sub, [subs, out]))
     done = subprocess.run([*prefix, sys.executable, "-c", PROBE, str(LAB00), str(sub), str(out)],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads(done.stdout.splitlines()[-1])
     errors = {k: v[1] for k, v in got.items() if v[0] == "error"}

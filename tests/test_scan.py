@@ -14,7 +14,7 @@ from cnncourse.grading.scan import CODES, flag_codes, scan_notebook, scan_source
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "grading"))
-from make_fixtures import _solved  # noqa: E402, I001
+from make_fixtures import _solved  # noqa: E402
 
 LABS = sorted((ROOT / "labs").glob("*.ipynb"))
 

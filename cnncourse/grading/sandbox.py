@@ -32,15 +32,15 @@ from typing import Any, Iterable, Iterator
 
 # What a grader without bubblewrap leaves open, printed by the CLI and stated in the README.
 UNPROTECTED = (
-    "the kernel can write anywhere the grader's user can (including the installed grader code, "
-    "so one submission can change the grades of the next ones)",
+    ("the kernel can write anywhere the grader's user can (including the installed grader code, "
+     "so one submission can change the grades of the next ones)"),
     "the kernel can read the source lab (solutions and hidden tests), other submissions and the output folder",
     "the kernel has network access",
     "a process forked by the kernel can outlive it",
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def available() -> bool:
     """Whether ``bwrap`` is installed and can create the namespaces this sandbox uses (tried once)."""
     bwrap = shutil.which("bwrap")
@@ -48,7 +48,8 @@ def available() -> bool:
         return False
     try:
         return subprocess.run([bwrap, "--ro-bind", "/", "/", "--proc", "/proc", "--unshare-net", "--unshare-pid",
-                               "--die-with-parent", "true"], capture_output=True, timeout=30).returncode == 0
+                               "--die-with-parent", "true"], check=False, capture_output=True,
+                              timeout=30).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 

@@ -21,7 +21,7 @@ from nbformat import v4
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from make_fixtures import NORMALIZE_HEAD, ROOT, _index, _insert_after, _set, _solved, _student  # noqa: E402, I001
+from make_fixtures import NORMALIZE_HEAD, ROOT, _index, _insert_after, _set, _solved, _student  # noqa: E402
 
 PASS_REPORT = '{"public": null, "hidden": null, "output": ""}'
 
