@@ -27,7 +27,7 @@ LAB00 = ROOT / "labs" / "lab00_tensors.ipynb"
 CONV_LAB = FIX / "conv_lab.ipynb"
 EXPECTED = json.loads((FIX / "expected.json").read_text())
 SANDBOX = sandbox_available()  # .ci/run installs bubblewrap; without it these tests grade unsandboxed
-LIMITS = ["--timeout", "20", "--cell-timeout", "5", "--memory", "1500", "--no-progress"] + ([] if SANDBOX else
+LIMITS = ["--timeout", "60", "--cell-timeout", "5", "--memory", "1500", "--no-progress"] + ([] if SANDBOX else
                                                                                            ["--no-sandbox"])
 
 
@@ -191,7 +191,7 @@ def test_jobs_1_interrupted_and_resumed_equals_jobs_2(lab00_run, tmp_path):
     _, out2 = lab00_run
     out = tmp_path / "out"
     subs = _copy_fixtures("lab00", tmp_path / "subs", out, names)
-    limits = Limits(timeout=20, cell_timeout=5, memory_mb=1500, sandbox=SANDBOX)
+    limits = Limits(timeout=60, cell_timeout=5, memory_mb=1500, sandbox=SANDBOX)
     seen: list[str] = []
 
     def interrupt_after_two(record):
