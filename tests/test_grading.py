@@ -224,7 +224,7 @@ def test_gradebook_lists_every_record_even_unreadable_ones():
                for s, st, t, f in [("b", "invalid-notebook", 0.0, []), ("a", "ok", 2.0, ["gc (cell 3, line 1): gc"])]]
     lines = gradebook_csv(lab, records).splitlines()
     assert lines == ["student,status,total,max_total,test_to_nchw,test_normalize,flags",
-                     "a,ok,2,4,2,0,gc (cell 3, line 1): gc", "b,invalid-notebook,0,4,0,0,"]
+                     'a,ok,2,4,2,0,"gc (cell 3, line 1): gc"', "b,invalid-notebook,0,4,0,0,"]
 
 
 def test_resume_ignores_records_for_another_lab(tmp_path):
