@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -83,6 +84,9 @@ def hostile_run(tmp_path_factory, guarded_checks):
             target.write_bytes((HOSTILE / f"{name}.ipynb").read_bytes())
     try:
         _grade(subs, out, jobs=2)
+        deadline = time.monotonic() + 15         # the PID namespace is torn down as the kernel dies
+        while _survivors() and time.monotonic() < deadline:
+            time.sleep(0.2)
         survivors = _survivors()
     finally:
         for pid in _survivors():
