@@ -19,13 +19,16 @@ from cnncourse.grading import cli_grade
 from cnncourse.grading.autograde import Limits, load_lab, plan, read_submission
 from cnncourse.grading.release import student_version
 from cnncourse.grading.report import find_submissions, grade_batch, gradebook_csv, student_name
+from cnncourse.grading.sandbox import available as sandbox_available
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "grading"
 LAB00 = ROOT / "labs" / "lab00_tensors.ipynb"
 CONV_LAB = FIX / "conv_lab.ipynb"
 EXPECTED = json.loads((FIX / "expected.json").read_text())
-LIMITS = ["--timeout", "60", "--cell-timeout", "15", "--memory", "1500", "--no-progress"]
+SANDBOX = sandbox_available()  # .ci/run installs bubblewrap; without it these tests grade unsandboxed
+LIMITS = ["--timeout", "60", "--cell-timeout", "15", "--memory", "1500", "--no-progress"] + ([] if SANDBOX else
+                                                                                            ["--no-sandbox"])
 
 
 def _grade_cli(lab: Path, subs: Path, out: Path, *extra: str) -> int:
@@ -136,7 +139,7 @@ def test_lab00_fixture_gets_expected_status_and_score(lab00_run, name):
 def test_lab00_gradebook_has_one_row_per_submission(lab00_run):
     subs, out = lab00_run
     rows = _rows(out)
-    assert list(rows[0]) == ["student", "status", "total", "max_total", "test_to_nchw", "test_normalize"]
+    assert list(rows[0]) == ["student", "status", "total", "max_total", "test_to_nchw", "test_normalize", "flags"]
     assert sorted(r["student"] for r in rows) == sorted(f.stem for f in subs.glob("*.ipynb"))
 
 
@@ -163,7 +166,8 @@ def test_hidden_test_details_are_withheld_from_student_feedback(lab00_run):
 
 def test_a_submission_writing_into_the_output_folder_cannot_change_scores(lab00_run):
     _, out = lab00_run
-    assert (out / "planted.txt").is_file(), "the fixture should have written into the output folder"
+    # The sandbox hides the output folder: the fixture's writes land in its private, discarded copy.
+    assert (out / "planted.txt").is_file() != SANDBOX
     record = json.loads((out / "writes_output.json").read_text())
     assert record["total"] == 0 and record["lab_sha256"] == load_lab(LAB00).sha256
     assert "4 / 4" not in (out / "feedback" / "writes_output.html").read_text()
@@ -187,7 +191,7 @@ def test_jobs_1_interrupted_and_resumed_equals_jobs_2(lab00_run, tmp_path):
     _, out2 = lab00_run
     out = tmp_path / "out"
     subs = _copy_fixtures("lab00", tmp_path / "subs", out, names)
-    limits = Limits(timeout=60, cell_timeout=15, memory_mb=1500)
+    limits = Limits(timeout=60, cell_timeout=15, memory_mb=1500, sandbox=SANDBOX)
     seen: list[str] = []
 
     def interrupt_after_two(record):
@@ -216,22 +220,23 @@ def test_jobs_1_interrupted_and_resumed_equals_jobs_2(lab00_run, tmp_path):
 def test_gradebook_lists_every_record_even_unreadable_ones():
     lab = load_lab(LAB00)
     records = [{"student": s, "status": st, "total": t, "max_total": 4.0,
-                "questions": [{"grade_id": "test_to_nchw", "points": t}]}
-               for s, st, t in [("b", "invalid-notebook", 0.0), ("a", "ok", 2.0)]]
+                "questions": [{"grade_id": "test_to_nchw", "points": t}], "flags": f}
+               for s, st, t, f in [("b", "invalid-notebook", 0.0, []), ("a", "ok", 2.0, ["gc (cell 3, line 1): gc"])]]
     lines = gradebook_csv(lab, records).splitlines()
-    assert lines == ["student,status,total,max_total,test_to_nchw,test_normalize",
-                     "a,ok,2,4,2,0", "b,invalid-notebook,0,4,0,0"]
+    assert lines == ["student,status,total,max_total,test_to_nchw,test_normalize,flags",
+                     'a,ok,2,4,2,0,"gc (cell 3, line 1): gc"', "b,invalid-notebook,0,4,0,0,"]
 
 
 def test_resume_ignores_records_for_another_lab(tmp_path):
     out = tmp_path / "out"
     subs = _copy_fixtures("lab00", tmp_path / "subs", out, ["invalid_json"])
-    grade_batch(LAB00, [subs], out, progress=False)
+    grade_batch(LAB00, [subs], out, progress=False, limits=Limits(sandbox=SANDBOX))
     other = tmp_path / "lab_changed.ipynb"
     shutil.copy(LAB00, other)
     other.write_text(other.read_text().replace("(2 points)", "(two points)"))
     graded: list[str] = []
-    grade_batch(other, [subs], out, progress=False, on_record=lambda r: graded.append(r["student"]))
+    grade_batch(other, [subs], out, progress=False, limits=Limits(sandbox=SANDBOX),
+                on_record=lambda r: graded.append(r["student"]))
     assert graded == ["invalid_json"]
     assert json.loads((out / "invalid_json.json").read_text())["lab_sha256"] == load_lab(other).sha256
 
@@ -256,7 +261,7 @@ def test_a_course_secret_defeats_memorised_hidden_inputs(lab00_run, tmp_path):
     assert record["total"] == 0 and record["secret_id"] and "hidden test" in record["questions"][0]["feedback"]
     # A resumed run with another secret (or none) re-grades instead of reusing the record.
     graded: list[str] = []
-    limits = Limits(timeout=60, cell_timeout=15, memory_mb=1500)
+    limits = Limits(timeout=60, cell_timeout=15, memory_mb=1500, sandbox=SANDBOX)
     grade_batch(LAB00, [subs], out, limits=limits, progress=False, on_record=lambda r: graded.append(r["student"]))
     assert graded == ["memorised_hidden_inputs"]
     assert json.loads((out / "memorised_hidden_inputs.json").read_text())["total"] == 2

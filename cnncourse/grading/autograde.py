@@ -80,6 +80,9 @@ class Limits:
     timeout: float = 300.0
     cell_timeout: float = 60.0
     memory_mb: int | None = 4096
+    # The kernel runs in a bubblewrap sandbox (see cnncourse.grading.sandbox) that hides `hide` too.
+    sandbox: bool = True
+    hide: tuple[str, ...] = ()
 
 
 def _nbgrader(cell: Any) -> dict[str, Any]:
@@ -194,9 +197,11 @@ def _limit_memory(memory_mb: int | None) -> Callable[[], None]:
 class _Kernel:
     """A kernel for one submission, driven through nbclient, that keeps no student output."""
 
-    def __init__(self, limits: Limits, workdir: str, deadline: float) -> None:
+    def __init__(self, limits: Limits, workdir: str, deadline: float, hide: list | None = None) -> None:
         from jupyter_client import AsyncKernelManager
         from nbclient import NotebookClient
+
+        from cnncourse.grading import sandbox
 
         class Client(NotebookClient):
             def output(self, outs: Any, msg: dict[str, Any], display_id: Any, cell_index: int) -> None:
@@ -206,7 +211,12 @@ class _Kernel:
 
         # IPC sockets in a private folder instead of TCP on localhost, which other users could reach.
         self.sockets = tempfile.mkdtemp(prefix="cnncourse-kernel-")
-        self.km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(self.sockets, "k"))
+        if hide is None:
+            self.km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(self.sockets, "k"))
+        else:  # sandboxed: the connection file sits with the sockets, the only folder shared with the kernel
+            self.km = sandbox.kernel_manager(sandbox.bwrap_prefix(workdir, self.sockets, hide), kernel_name="python3",
+                                             transport="ipc", ip=os.path.join(self.sockets, "k"),
+                                             connection_file=os.path.join(self.sockets, "kernel.json"))
         self.reply: dict[str, Any] = {}
         self.client = Client(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")]), km=self.km,
                              allow_errors=True, iopub_timeout=10, shutdown_kernel="immediate",
@@ -313,7 +323,8 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
                               "submission_sha256": "", "lab": lab.name, "lab_sha256": lab.sha256,
                               "secret_id": secret_id(secret),
                               "status": "ok", "reason": "", "total": 0.0, "max_total": lab.max_total,
-                              "elapsed": 0.0, "questions": [], "missing_cells": [], "cell_errors": []}
+                              "elapsed": 0.0, "questions": [], "missing_cells": [], "cell_errors": [],
+                              "sandbox": limits.sandbox, "flags": []}
     results: dict[str, dict[str, Any]] = {}
 
     def finish(status: str, reason: str, pending: str = "") -> dict[str, Any]:
@@ -333,6 +344,9 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
         nb = read_submission(raw)
     except ValueError as exc:
         return finish("invalid-notebook", str(exc))
+    from cnncourse.grading.scan import scan_notebook
+
+    record["flags"] = scan_notebook(nb, [t.grade_id for t in lab.tests], lab.required_ids)  # for the instructor to read; never changes a score
     steps, missing = plan(lab, nb)
     record["missing_cells"] = missing
     final = ("missing-cells", f"cells missing from the notebook: {', '.join(missing)}") if missing else ("ok", "")
@@ -349,7 +363,10 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
     running: TestCell | None = None
     whole = False
     try:
-        kernel = _Kernel(limits, workdir, deadline)
+        from cnncourse.grading.sandbox import hidden_paths
+
+        hide = hidden_paths(lab.path, path, limits.hide) if limits.sandbox else None
+        kernel = _Kernel(limits, workdir, deadline, hide)
         channel = kernel.connect(deadline - time.monotonic())
         carry: dict[str, Any] = {}
         for kind, item in steps:

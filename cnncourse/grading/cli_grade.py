@@ -17,7 +17,13 @@ def _cmd_grade(args: argparse.Namespace) -> int:
     if args.jobs < 1 or args.timeout <= 0 or args.cell_timeout <= 0 or (args.memory is not None and args.memory < 0):
         print("error: --jobs, --timeout, --cell-timeout and --memory must be positive", file=sys.stderr)
         return 2
-    limits = Limits(timeout=args.timeout, cell_timeout=args.cell_timeout, memory_mb=args.memory or None)
+    limits = Limits(timeout=args.timeout, cell_timeout=args.cell_timeout, memory_mb=args.memory or None,
+                    sandbox=not args.no_sandbox)
+    if args.no_sandbox:
+        from cnncourse.grading.sandbox import UNPROTECTED
+
+        print("warning: --no-sandbox: student kernels run unconfined, so\n  - " + "\n  - ".join(UNPROTECTED)
+              + "\nEvery record says sandbox: false.", file=sys.stderr)
     try:
         records = grade_batch(args.lab, args.submissions, args.out, jobs=args.jobs, limits=limits,
                               force=args.force, progress=not args.no_progress,
@@ -55,6 +61,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--secret", default=None,
                    help="the course's secret: seeds every random input of the hidden tests, so values memorised "
                         "from the public repository are of no use (default: $CNNCOURSE_SECRET, else none)")
+    g.add_argument("--no-sandbox", action="store_true",
+                   help="run kernels without the bubblewrap sandbox (when `bwrap` is missing); unsafe, see README")
     g.add_argument("--force", action="store_true", help="re-grade submissions that already have a record")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_grade)

@@ -19,6 +19,7 @@ import statistics
 import sys
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,15 +67,18 @@ def _fmt(points: float) -> str:
 
 
 def gradebook_csv(lab: LabSpec, records: list[dict[str, Any]]) -> str:
-    """CSV text: ``student, status, total, max_total``, then one column per ``grade_id``; one row per record."""
+    """CSV text: ``student, status, total, max_total``, one column per ``grade_id``, then ``flags``; a row per record.
+
+    ``flags`` joins the integrity flags of :mod:`cnncourse.grading.scan` with ``"; "``: notebooks to read, not scores.
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     ids = [t.grade_id for t in lab.tests]
-    writer.writerow(["student", "status", "total", "max_total", *ids])
+    writer.writerow(["student", "status", "total", "max_total", *ids, "flags"])
     for r in sorted(records, key=lambda r: r["student"]):
         points = {q["grade_id"]: q["points"] for q in r["questions"]}
         writer.writerow([r["student"], r["status"], _fmt(r["total"]), _fmt(r["max_total"]),
-                         *(_fmt(points.get(i, 0.0)) for i in ids)])
+                         *(_fmt(points.get(i, 0.0)) for i in ids), "; ".join(r.get("flags", []))])
     return out.getvalue()
 
 
@@ -150,13 +154,23 @@ def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike
     """
     from tqdm.auto import tqdm
 
+    from cnncourse.grading.sandbox import available
+
+    if limits.sandbox and not available():
+        raise ValueError("expected the bubblewrap sandbox (`bwrap`) to isolate student kernels, but it is missing or "
+                         "cannot create namespaces here; install it (`apt-get install bubblewrap`) or grade with "
+                         "--no-sandbox")
     lab, out = load_lab(lab_path), Path(out)
+    # Sandboxed kernels see neither the submissions nor the output folder.
+    limits = replace(limits, hide=(*limits.hide, *map(str, submissions), str(out)))
     pairs = find_submissions(submissions)
     out.mkdir(parents=True, exist_ok=True)
     records: dict[str, dict[str, Any]] = {}
     todo: list[Job] = []
     for student, path in pairs:
         previous = None if force else _previous(out, student, lab, path, secret)
+        if previous is not None and limits.sandbox and previous.get("sandbox") is not True:
+            previous = None  # graded without the sandbox before: grade again inside it
         if previous is not None:
             records[student] = previous
         else:
@@ -211,6 +225,7 @@ def _error_record(lab: LabSpec, job: Job, reason: str) -> dict[str, Any]:
     questions = [{"grade_id": t.grade_id, "points": 0.0, "max_points": t.points, "passed": False,
                   "feedback": f"not graded: {reason}", "detail": reason} for t in lab.tests]
     return {"schema": SCHEMA, "student": job.student, "submission": job.submission, "submission_sha256": "",
-            "lab": lab.name, "lab_sha256": lab.sha256, "secret_id": secret_id(job.secret), "status": "error", "reason": reason, "total": 0.0,
+            "lab": lab.name, "lab_sha256": lab.sha256, "secret_id": secret_id(job.secret), "status": "error",
+            "reason": reason, "total": 0.0,
             "max_total": lab.max_total, "elapsed": 0.0, "questions": questions, "missing_cells": [],
-            "cell_errors": []}
+            "cell_errors": [], "sandbox": job.limits.sandbox, "flags": []}
