@@ -49,7 +49,7 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 
 def _stable(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in ("elapsed", "submission")}
+    return {k: v for k, v in record.items() if k not in ("elapsed", "submission", "timing")}
 
 
 # ---------------------------------------------------------------- no kernel needed
@@ -144,7 +144,9 @@ def test_partial_credit_and_reasons_survive_hangs_and_crashes(lab00_run):
     _, out = lab00_run
     loop = json.loads((out / "infinite_loop_q2.json").read_text())
     assert [q["passed"] for q in loop["questions"]] == [True, False]
-    assert "per-cell limit of 5 s" in loop["questions"][1]["feedback"]
+    assert "per-cell limit of 5 s of CPU time" in loop["questions"][1]["feedback"] or (
+        "per-cell wall-clock ceiling" in loop["questions"][1]["feedback"])  # the latter only on a badly overloaded machine
+    assert loop["rerun"] and [a["status"] for a in loop["attempts"]] == ["timeout", "timeout"]
     crash = json.loads((out / "os_exit.json").read_text())
     assert "kernel died" in crash["reason"] and crash["questions"][1]["feedback"].startswith("not graded")
     bomb = json.loads((out / "memory_bomb.json").read_text())

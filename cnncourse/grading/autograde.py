@@ -8,7 +8,9 @@ and hidden parts, through :func:`cnncourse.grading.runner.run_test`. Each test i
 separate request whose result comes back as soon as it finishes, so a later hang or crash
 never loses a finished question. Test cells the student deleted run after the last cell.
 
-Limits: a per-cell timeout, a whole-submission timeout, and a data-segment limit
+Limits: CPU time per cell and for the whole submission (see :mod:`cnncourse.grading.limits`:
+measured on the kernel's processes, calibrated against the lab, with a wall-clock ceiling
+as a safety net), and a data-segment limit
 (``RLIMIT_DATA``) set in the kernel process before it starts. ``RLIMIT_AS`` is not used:
 importing the CUDA build of torch alone maps about 3.3 GB of address space (and
 initialising CUDA reserves far more), whereas ``RLIMIT_DATA`` counts only private
@@ -35,6 +37,7 @@ from typing import Any, Callable
 
 import nbformat
 
+from cnncourse.grading import limits as _limits
 from cnncourse.grading.release import BEGIN_HIDDEN, find_regions
 
 SCHEMA = 1
@@ -72,11 +75,17 @@ class LabSpec:
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits for one submission: seconds per cell, seconds in all, and data memory in MB."""
+    """Resource limits for one submission: CPU seconds per cell and in all, and data memory in MB.
+
+    The wall-clock ceiling is ``wall_factor`` times each CPU limit; ``source`` says where the
+    numbers came from (given, or calibrated by :func:`cnncourse.grading.limits.resolve_limits`).
+    """
 
     timeout: float = 300.0
     cell_timeout: float = 60.0
     memory_mb: int | None = 4096
+    wall_factor: float = _limits.WALL_FACTOR
+    source: str = "given"
 
 
 def _nbgrader(cell: Any) -> dict[str, Any]:
@@ -210,15 +219,32 @@ class _Kernel:
         except BaseException:
             self.kill()
             raise
+        provisioner = self.km.provisioner
+        self.meter = _limits.CpuMeter(provisioner.process.pid, getattr(provisioner, "pgid", None))
 
     def _on_executed(self, cell: Any, cell_index: int, execute_reply: dict[str, Any]) -> None:
         self.reply = execute_reply.get("content", {})
 
-    def run(self, source: str, timeout: float, nonce: str | None = None) -> dict[str, Any]:
-        """Execute ``source``; return the reply content (``status``, ``ename``, ``evalue``)."""
+    def run(self, source: str, timeout: float, nonce: str | None = None, cpu: float | None = None) -> dict[str, Any]:
+        """Execute ``source`` within ``timeout`` wall seconds and ``cpu`` CPU seconds; return the reply content.
+
+        Raises:
+            CpuLimitExceeded: when the kernel's processes used ``cpu`` seconds (they are killed).
+            nbclient.exceptions.CellTimeoutError: when ``timeout`` wall seconds passed.
+        """
+        from nbclient.exceptions import DeadKernelError
+
         self.client.timeout = max(1, math.ceil(timeout))
         self.client.nonce, self.client.report, self.reply = nonce, None, {}
-        self.client.execute_cell(nbformat.v4.new_code_cell(source), 0, store_history=False)
+        watchdog = _limits.Watchdog(self.meter, math.inf if cpu is None else cpu,
+                                    lambda: _limits.kill_tree(self.meter.root, self.meter.pgid))
+        try:
+            with watchdog:
+                self.client.execute_cell(nbformat.v4.new_code_cell(source), 0, store_history=False)
+        except DeadKernelError:
+            if watchdog.tripped:
+                raise _limits.CpuLimitExceeded(f"{watchdog.used:.1f} s of CPU time") from None
+            raise
         return self.reply
 
     def kill(self) -> None:
@@ -283,13 +309,16 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
     Reference: nbclient's ``NotebookClient``, https://nbclient.readthedocs.io/en/latest/reference/nbclient.html
     """
     start = time.monotonic()
-    deadline = start + limits.timeout
+    deadline = start + limits.timeout * limits.wall_factor
     path = Path(path)
     record: dict[str, Any] = {"schema": SCHEMA, "student": student, "submission": str(path),
                               "submission_sha256": "", "lab": lab.name, "lab_sha256": lab.sha256,
                               "status": "ok", "reason": "", "total": 0.0, "max_total": lab.max_total,
-                              "elapsed": 0.0, "questions": [], "missing_cells": [], "cell_errors": []}
+                              "elapsed": 0.0, "questions": [], "missing_cells": [], "cell_errors": [],
+                              "limits": _limits.describe(limits), "timing": {}}
     results: dict[str, dict[str, Any]] = {}
+    steps_timing: list[dict[str, Any]] = []
+    kernel = None
 
     def finish(status: str, reason: str, pending: str = "") -> dict[str, Any]:
         record["status"], record["reason"] = status, reason
@@ -297,6 +326,9 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
                                for t in lab.tests]
         record["total"] = sum(q["points"] for q in record["questions"])
         record["elapsed"] = round(time.monotonic() - start, 2)
+        cpu_s = kernel.meter.read() if kernel is not None else 0.0
+        record["timing"] = {"cpu_s": round(cpu_s, 2), "wall_s": record["elapsed"], "loadavg": _limits.loadavg(),
+                            "steps": steps_timing}
         return record
 
     try:
@@ -315,25 +347,30 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     workdir = tempfile.mkdtemp(prefix="cnncourse-grade-")
-    kernel = None
     current = "starting the kernel"
     running: TestCell | None = None
-    whole = False
+    cpu_left = wall_left = cpu_before = 0.0
+    cpu_whole = wall_whole = False
     try:
         kernel = _Kernel(limits, workdir, deadline)
+        current = "the grader's set-up"
+        cpu_left, wall_left, cpu_whole, wall_whole = _limits.step_limits(
+            limits, cpu_before := kernel.meter.read(), time.monotonic() - start)
         kernel.run("import cnncourse.grading.runner as _cg_runner\n_cg_runner.setup(get_ipython().user_ns)\n"
-                   "del _cg_runner", deadline - time.monotonic())
+                   "del _cg_runner", wall_left, cpu=max(cpu_left, 0))
         for kind, item in steps:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                whole = True
-                raise CellTimeoutError("whole-submission time limit")
-            per_cell = min(limits.cell_timeout, left)
-            whole = per_cell < limits.cell_timeout
+            cpu_before, wall_before = kernel.meter.read(), time.monotonic()
+            cpu_left, wall_left, cpu_whole, wall_whole = _limits.step_limits(limits, cpu_before, wall_before - start)
+            current = f"cell {item[0]}" if kind == "student" else f"the test {item.grade_id}"
+            if cpu_left <= 0:
+                raise _limits.CpuLimitExceeded("whole-submission CPU limit")
+            if wall_left <= 0:
+                raise CellTimeoutError("whole-submission wall-clock ceiling")
+            per_cell = wall_left
             if kind == "student":
                 index, source = item
                 current, running = f"cell {index}", None
-                reply = kernel.run(source, per_cell)
+                reply = kernel.run(source, per_cell, cpu=cpu_left)
                 if reply.get("status") == "error":
                     record["cell_errors"].append({"cell": index, "error": _short(
                         f"{reply.get('ename')}: {reply.get('evalue')}", 300)})
@@ -342,12 +379,16 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
                 nonce = "@@grade-" + uuid.uuid4().hex + "@@"
                 call = (f"__import__('cnncourse.grading.runner', fromlist=['run_test']).run_test("
                         f"{item.grade_id!r}, {item.public!r}, {item.hidden!r}, {nonce!r})")
-                kernel.run(call, per_cell, nonce=nonce)
+                kernel.run(call, per_cell, nonce=nonce, cpu=cpu_left)
                 results[item.grade_id] = _score_report(item, kernel.client.report)
+            steps_timing.append({"step": current, "cpu_s": round(kernel.meter.read() - cpu_before, 2),
+                                 "wall_s": round(time.monotonic() - wall_before, 2)})
         return finish(*final)
-    except CellTimeoutError:
-        why = (f"the whole-submission limit of {limits.timeout:g} s ran out during {current}" if whole
-               else f"{current} ran longer than the per-cell limit of {limits.cell_timeout:g} s")
+    except (CellTimeoutError, _limits.CpuLimitExceeded) as exc:
+        cpu = isinstance(exc, _limits.CpuLimitExceeded)
+        cell_cpu = kernel.meter.read() - cpu_before if kernel is not None else 0.0
+        why = _limits.timeout_reason(limits, current, cpu=cpu, whole=cpu_whole if cpu else wall_whole,
+                                     cell_cpu=cell_cpu)
         if running is not None:
             results[running.grade_id] = _question(running, False, f"timed out: {why}")
         return finish("timeout", why)
