@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from cnncourse.grading import limits as L
@@ -109,6 +110,7 @@ def test_calibrated_limits_follow_the_rule_and_explicit_values_override():
     d = L.describe(given)
     assert (d["cell_wall_s"], d["total_wall_s"]) == (14, 180)
     assert L.step_limits(given, cpu_used=88.0, wall_used=10.0) == (2.0, 14, True, False)
+    assert L.step_limits(given, cpu_used=1.0, wall_used=10.0, cell=False) == (89.0, 170.0, True, True)
 
 
 # ---------------------------------------------------------------- with kernels
@@ -151,10 +153,12 @@ def test_hangs_end_as_timeout_with_partial_credit_after_a_rerun(tmp_path):
     subs.mkdir()
     loop = FIX / "lab00" / "infinite_loop_q2.ipynb"
     shutil.copy(loop, subs / "infinite_loop_q2.ipynb")
-    sleeper = loop.read_text().replace("while True:\\n\", \"        pass", "import time\\n\", \"        time.sleep(10**6)")
-    assert "time.sleep(10**6)" in sleeper
-    (subs / "sleeps_q2.ipynb").write_text(sleeper)
-    limits = Limits(timeout=30, cell_timeout=3, memory_mb=1500, wall_factor=3)
+    sleeper = nbformat.read(loop, as_version=4)
+    cell = next(c for c in sleeper.cells if "while True:" in c.source)
+    cell.source = cell.source.replace("while True:\n        pass", "import time\n    time.sleep(10**6)")
+    assert "time.sleep(10**6)" in cell.source
+    nbformat.write(sleeper, subs / "sleeps_q2.ipynb")
+    limits = Limits(timeout=40, cell_timeout=4, memory_mb=1500, wall_factor=5)
     records = {r["student"]: r for r in grade_batch(LAB00, [subs], tmp_path / "out", jobs=2, limits=limits,
                                                       progress=False)}
     for name, r in records.items():
@@ -162,14 +166,14 @@ def test_hangs_end_as_timeout_with_partial_credit_after_a_rerun(tmp_path):
         assert [q["passed"] for q in r["questions"]] == [True, False]
         assert r["rerun"] and [a["status"] for a in r["attempts"]] == ["timeout", "timeout"]
         for attempt in r["attempts"]:
-            assert attempt["limits"]["cell_cpu_s"] == 3 and attempt["limits"]["cell_wall_s"] == 9
+            assert attempt["limits"]["cell_cpu_s"] == 4 and attempt["limits"]["cell_wall_s"] == 20
             assert attempt["cpu_s"] > 0 and attempt["wall_s"] > 0 and len(attempt["loadavg"]) == 3
         assert json.loads((tmp_path / "out" / f"{name}.json").read_text())["attempts"] == r["attempts"]
     sleep_reason = records["sleeps_q2"]["reason"]
-    assert "per-cell wall-clock ceiling of 9 s" in sleep_reason and "test_normalize" in sleep_reason
+    assert "per-cell wall-clock ceiling of 20 s" in sleep_reason and "test_normalize" in sleep_reason
     loop_reason = records["infinite_loop_q2"]["reason"]
-    assert ("per-cell limit of 3 s of CPU time" in loop_reason
-            or "wall-clock ceiling of 9 s" in loop_reason), loop_reason   # the latter only when badly overloaded
+    assert ("per-cell limit of 4 s of CPU time" in loop_reason
+            or "wall-clock ceiling of 20 s" in loop_reason), loop_reason   # the latter only when badly overloaded
     assert "re-run alone after a timeout: 2 (0 then finished, 2 timed out again)" in summary_text(list(records.values()))
 
 

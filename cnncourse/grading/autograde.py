@@ -355,7 +355,7 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
         kernel = _Kernel(limits, workdir, deadline)
         current = "the grader's set-up"
         cpu_left, wall_left, cpu_whole, wall_whole = _limits.step_limits(
-            limits, cpu_before := kernel.meter.read(), time.monotonic() - start)
+            limits, cpu_before := kernel.meter.read(), time.monotonic() - start, cell=False)
         kernel.run("import cnncourse.grading.runner as _cg_runner\n_cg_runner.setup(get_ipython().user_ns)\n"
                    "del _cg_runner", wall_left, cpu=max(cpu_left, 0))
         for kind, item in steps:

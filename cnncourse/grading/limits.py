@@ -194,14 +194,17 @@ class Watchdog:
 
 # ---------------------------------------------------------------- per-step limits and the reasons given
 
-def step_limits(limits: Any, cpu_used: float, wall_used: float) -> tuple[float, float, bool, bool]:
+def step_limits(limits: Any, cpu_used: float, wall_used: float, cell: bool = True) -> tuple[float, float, bool, bool]:
     """CPU and wall seconds the next cell may take: ``(cpu, wall, cpu_is_whole, wall_is_whole)``.
 
     ``limits`` is an :class:`~cnncourse.grading.autograde.Limits`; the ``*_is_whole`` flags say
-    that what is left of the whole-submission limit is smaller than the per-cell limit.
+    that what is left of the whole-submission limit is smaller than the per-cell limit. With
+    ``cell=False`` (the grader's own set-up, not student work) only the whole-submission limits apply.
     """
     cpu_left = limits.timeout - cpu_used
     wall_left = limits.timeout * limits.wall_factor - wall_used
+    if not cell:
+        return cpu_left, wall_left, True, True
     cell_wall = limits.cell_timeout * limits.wall_factor
     return (min(limits.cell_timeout, cpu_left), min(cell_wall, wall_left),
             cpu_left < limits.cell_timeout, wall_left < cell_wall)
