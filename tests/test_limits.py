@@ -19,7 +19,7 @@ import nbformat
 import pytest
 
 from cnncourse.grading import limits as L
-from cnncourse.grading.autograde import Limits, load_lab
+from cnncourse.grading.autograde import Limits, grade_submission, load_lab
 from cnncourse.grading.report import grade_batch, summary_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +148,14 @@ def test_calibration_is_cached_per_lab_and_redone_when_the_lab_changes(cache, tm
         L.calibrate(broken, progress=False)
 
 
+def test_an_infinite_loop_is_stopped_by_its_cpu_time_not_the_wall_clock():
+    limits = Limits(timeout=600, cell_timeout=2, memory_mb=1500, wall_factor=100)   # wall ceiling: 200 s
+    r = grade_submission(load_lab(LAB00), FIX / "lab00" / "infinite_loop_q2.ipynb", "loop", limits)
+    assert (r["status"], r["total"]) == ("timeout", 2)
+    assert r["reason"] == "the test test_normalize ran longer than the per-cell limit of 2 s of CPU time"
+    assert r["timing"]["cpu_s"] >= 2 and r["limits"]["cell_wall_s"] == 200
+
+
 def test_hangs_end_as_timeout_with_partial_credit_after_a_rerun(tmp_path):
     subs = tmp_path / "subs"
     subs.mkdir()
@@ -158,7 +166,7 @@ def test_hangs_end_as_timeout_with_partial_credit_after_a_rerun(tmp_path):
     cell.source = cell.source.replace("while True:\n        pass", "import time\n    time.sleep(10**6)")
     assert "time.sleep(10**6)" in cell.source
     nbformat.write(sleeper, subs / "sleeps_q2.ipynb")
-    limits = Limits(timeout=40, cell_timeout=4, memory_mb=1500, wall_factor=5)
+    limits = Limits(timeout=40, cell_timeout=2, memory_mb=1500, wall_factor=5)
     records = {r["student"]: r for r in grade_batch(LAB00, [subs], tmp_path / "out", jobs=2, limits=limits,
                                                       progress=False)}
     for name, r in records.items():
@@ -166,14 +174,14 @@ def test_hangs_end_as_timeout_with_partial_credit_after_a_rerun(tmp_path):
         assert [q["passed"] for q in r["questions"]] == [True, False]
         assert r["rerun"] and [a["status"] for a in r["attempts"]] == ["timeout", "timeout"]
         for attempt in r["attempts"]:
-            assert attempt["limits"]["cell_cpu_s"] == 4 and attempt["limits"]["cell_wall_s"] == 20
+            assert attempt["limits"]["cell_cpu_s"] == 2 and attempt["limits"]["cell_wall_s"] == 10
             assert attempt["cpu_s"] > 0 and attempt["wall_s"] > 0 and len(attempt["loadavg"]) == 3
         assert json.loads((tmp_path / "out" / f"{name}.json").read_text())["attempts"] == r["attempts"]
     sleep_reason = records["sleeps_q2"]["reason"]
-    assert "per-cell wall-clock ceiling of 20 s" in sleep_reason and "test_normalize" in sleep_reason
+    assert "per-cell wall-clock ceiling of 10 s" in sleep_reason and "test_normalize" in sleep_reason
     loop_reason = records["infinite_loop_q2"]["reason"]
-    assert ("per-cell limit of 4 s of CPU time" in loop_reason
-            or "wall-clock ceiling of 20 s" in loop_reason), loop_reason   # the latter only when badly overloaded
+    assert ("per-cell limit of 2 s of CPU time" in loop_reason
+            or "wall-clock ceiling of 10 s" in loop_reason), loop_reason   # the latter only when badly overloaded
     assert "re-run alone after a timeout: 2 (0 then finished, 2 timed out again)" in summary_text(list(records.values()))
 
 
