@@ -337,7 +337,7 @@ def resolve_limits(lab_path: str | os.PathLike, *, timeout: float | None = None,
 
     if timeout and cell_timeout:
         return Limits(timeout=timeout, cell_timeout=cell_timeout, memory_mb=memory_mb, wall_factor=wall_factor,
-                      source="given: --timeout and --cell-timeout")
+                      source="given")
     calibration = calibrate(lab_path, memory_mb=memory_mb, progress=progress)
     return calibrated_limits(calibration, memory_mb=memory_mb, wall_factor=wall_factor, cell_timeout=cell_timeout,
                              timeout=timeout)

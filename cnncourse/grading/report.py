@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cnncourse.grading.autograde import SCHEMA, STATUSES, Job, LabSpec, Limits, load_lab, run_job
-from cnncourse.grading.limits import describe
+from cnncourse.grading.limits import describe, resolve_limits
 from cnncourse.io import atomic_write_text
 
 
@@ -187,8 +187,6 @@ def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike
     lab, out = load_lab(lab_path), Path(out)
     pairs = find_submissions(submissions)
     if limits is None:
-        from cnncourse.grading.limits import resolve_limits
-
         limits = resolve_limits(lab.path, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     records: dict[str, dict[str, Any]] = {}
