@@ -184,7 +184,8 @@ def test_hangs_end_as_timeout_with_partial_credit_after_a_rerun(tmp_path):
     loop_reason = records["infinite_loop_q2"]["reason"]
     assert ("per-cell limit of 2 s of CPU time" in loop_reason
             or "wall-clock ceiling of 10 s" in loop_reason), loop_reason   # the latter only when badly overloaded
-    assert "re-run alone after a timeout: 2 (0 then finished, 2 timed out again)" in summary_text(list(records.values()))
+    summary = summary_text(list(records.values()))
+    assert "re-run alone after a timeout: 2 (0 then finished, 2 timed out again)" in summary
 
 
 @pytest.mark.loaded

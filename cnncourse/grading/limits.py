@@ -219,8 +219,9 @@ def timeout_reason(limits: Any, current: str, *, cpu: bool, whole: bool, cell_cp
     if whole:
         return (f"the whole-submission wall-clock ceiling of {limits.timeout * limits.wall_factor:g} s "
                 f"ran out during {current}")
-    return (f"{current} ran longer than the per-cell wall-clock ceiling of {limits.cell_timeout * limits.wall_factor:g}"
-            f" s while using only {cell_cpu:.1f} s of CPU time (was it sleeping or waiting?)")
+    ceiling = limits.cell_timeout * limits.wall_factor
+    return (f"{current} ran longer than the per-cell wall-clock ceiling of {ceiling:g} s, using {cell_cpu:.1f} s "
+            f"of its {limits.cell_timeout:g} s of CPU time (sleeping, waiting, or a busy machine)")
 
 
 def describe(limits: Any) -> dict[str, Any]:
