@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "book: needs the built book in _build/html (run after `make book`)")
+    config.addinivalue_line("markers", "loaded: grades a lab while spinners load every core (select with -m loaded)")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,9 @@ names through proxies; nothing the kernel does can change the test or its result
 test is scored as soon as it finishes, so a later hang or crash never loses a finished
 question. Test cells the student deleted run after the last cell.
 
-Limits: a per-cell timeout, a whole-submission timeout, and a data-segment limit
+Limits: CPU time per cell and for the whole submission (see :mod:`cnncourse.grading.limits`:
+measured on the kernel's processes, calibrated against the lab, with a wall-clock ceiling
+as a safety net), and a data-segment limit
 (``RLIMIT_DATA``) set in the kernel process before it starts. ``RLIMIT_AS`` is not used:
 importing the CUDA build of torch alone maps about 3.3 GB of address space (and
 initialising CUDA reserves far more), whereas ``RLIMIT_DATA`` counts only private
@@ -36,6 +38,7 @@ from typing import Any, Callable
 import nbformat
 
 from cnncourse.grading.harness import GraderChannel, lab_imports, run_test, warm_up
+from cnncourse.grading import limits as _limits
 from cnncourse.grading.release import BEGIN_HIDDEN, find_regions
 from cnncourse.grading.rpc import PeerGone, PeerTimeout
 
@@ -75,7 +78,11 @@ class LabSpec:
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits for one submission: seconds per cell, seconds in all, and data memory in MB."""
+    """Resource limits for one submission: CPU seconds per cell and in all, and data memory in MB.
+
+    The wall-clock ceiling is ``wall_factor`` times each CPU limit; ``source`` says where the
+    numbers came from (given, or calibrated by :func:`cnncourse.grading.limits.resolve_limits`).
+    """
 
     timeout: float = 300.0
     cell_timeout: float = 60.0
@@ -83,6 +90,8 @@ class Limits:
     # The kernel runs in a bubblewrap sandbox (see cnncourse.grading.sandbox) that hides `hide` too.
     sandbox: bool = True
     hide: tuple[str, ...] = ()
+    wall_factor: float = _limits.WALL_FACTOR
+    source: str = "given"
 
 
 def _nbgrader(cell: Any) -> dict[str, Any]:
@@ -176,8 +185,10 @@ def kernel_env() -> dict[str, str]:
     The kernel inherits ``PYTHONPATH`` (so a development checkout of ``cnncourse`` is the one
     imported) and gets an absolute ``CNNCOURSE_DATA``.
     """
+    # OMP_WAIT_POLICY=PASSIVE: a lab that asks for 2 threads on a busy machine would otherwise spin-wait
+    # for a descheduled thread, burning CPU time that counts against its limit (measured: 12x the CPU time).
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg",
-               PYDEVD_DISABLE_FILE_VALIDATION="1", PYTHONHASHSEED="0")
+               PYDEVD_DISABLE_FILE_VALIDATION="1", PYTHONHASHSEED="0", OMP_WAIT_POLICY="PASSIVE")
     env.pop("CNNCOURSE_SECRET", None)
     if env.get("CNNCOURSE_DATA"):
         # The kernel runs in a temporary folder: a relative data path would point nowhere.
@@ -230,15 +241,39 @@ class _Kernel:
         except BaseException:
             self.kill()
             raise
+        provisioner = self.km.provisioner
+        self.meter = _limits.CpuMeter(provisioner.process.pid, getattr(provisioner, "pgid", None))
 
     def _on_executed(self, cell: Any, cell_index: int, execute_reply: dict[str, Any]) -> None:
         self.reply = execute_reply.get("content", {})
 
-    def run(self, source: str, timeout: float) -> dict[str, Any]:
-        """Execute ``source``; return the reply content (``status``, ``ename``, ``evalue``)."""
+    def run(self, source: str, timeout: float, cpu: float | None = None) -> dict[str, Any]:
+        """Execute ``source`` within ``timeout`` wall seconds and ``cpu`` CPU seconds; return the reply content.
+
+        Raises:
+            CpuLimitExceeded: when the kernel's processes used ``cpu`` seconds (they are killed).
+            nbclient.exceptions.CellTimeoutError: when ``timeout`` wall seconds passed.
+        """
+        from nbclient.exceptions import DeadKernelError
+
         self.client.timeout = max(1, math.ceil(timeout))
         self.reply = {}
-        self.client.execute_cell(nbformat.v4.new_code_cell(source), 0, store_history=False)
+        with self.watchdog(cpu) as watchdog:
+            try:
+                self.client.execute_cell(nbformat.v4.new_code_cell(source), 0, store_history=False)
+            except DeadKernelError:
+                if watchdog.tripped:
+                    raise _limits.CpuLimitExceeded(f"{watchdog.used:.1f} s of CPU time") from None
+                raise
+        return self.reply
+
+    def watchdog(self, cpu: float | None) -> _limits.Watchdog:
+        """A watchdog that kills the kernel's processes (the sandbox's too) once they used ``cpu`` more CPU seconds.
+
+        Wrapped around every wait for the kernel: a student cell, and a trusted test's calls into the kernel.
+        """
+        return _limits.Watchdog(self.meter, math.inf if cpu is None else cpu,
+                                lambda: _limits.kill_tree(self.meter.root, self.meter.pgid))
         return self.reply
 
     def connect(self, timeout: float) -> GraderChannel:
@@ -317,15 +352,18 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
     Reference: nbclient's ``NotebookClient``, https://nbclient.readthedocs.io/en/latest/reference/nbclient.html
     """
     start = time.monotonic()
-    deadline = start + limits.timeout
+    deadline = start + limits.timeout * limits.wall_factor
     path = Path(path)
     record: dict[str, Any] = {"schema": SCHEMA, "student": student, "submission": str(path),
                               "submission_sha256": "", "lab": lab.name, "lab_sha256": lab.sha256,
                               "secret_id": secret_id(secret),
                               "status": "ok", "reason": "", "total": 0.0, "max_total": lab.max_total,
                               "elapsed": 0.0, "questions": [], "missing_cells": [], "cell_errors": [],
-                              "sandbox": limits.sandbox, "flags": []}
+                              "sandbox": limits.sandbox, "flags": [],
+                              "limits": _limits.describe(limits), "timing": {}}
     results: dict[str, dict[str, Any]] = {}
+    steps_timing: list[dict[str, Any]] = []
+    kernel = None
 
     def finish(status: str, reason: str, pending: str = "") -> dict[str, Any]:
         record["status"], record["reason"] = status, reason
@@ -333,6 +371,9 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
                                for t in lab.tests]
         record["total"] = sum(q["points"] for q in record["questions"])
         record["elapsed"] = round(time.monotonic() - start, 2)
+        cpu_s = kernel.meter.read() if kernel is not None else 0.0
+        record["timing"] = {"cpu_s": round(cpu_s, 2), "wall_s": record["elapsed"], "loadavg": _limits.loadavg(),
+                            "steps": steps_timing}
         return record
 
     try:
@@ -358,45 +399,70 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
     except Exception as exc:  # noqa: BLE001
         return finish("error", _short(f"grader error importing the lab's modules: {type(exc).__name__}: {exc}", 300))
     workdir = tempfile.mkdtemp(prefix="cnncourse-grade-")
-    kernel = channel = None
+    channel = None
     current = "starting the kernel"
     running: TestCell | None = None
-    whole = False
+    cpu_left = wall_left = cpu_before = 0.0
+    cpu_whole = wall_whole = False
     try:
         from cnncourse.grading.sandbox import hidden_paths
 
         hide = hidden_paths(lab.path, path, limits.hide) if limits.sandbox else None
         kernel = _Kernel(limits, workdir, deadline, hide)
-        channel = kernel.connect(deadline - time.monotonic())
+        current = "the grader's set-up"
+        cpu_left, wall_left, cpu_whole, wall_whole = _limits.step_limits(
+            limits, cpu_before := kernel.meter.read(), time.monotonic() - start, cell=False)
+        with kernel.watchdog(max(cpu_left, 0)) as watchdog:
+            try:
+                channel = kernel.connect(wall_left)
+            except BaseException:
+                if watchdog.tripped:
+                    raise _limits.CpuLimitExceeded(f"{watchdog.used:.1f} s of CPU time") from None
+                raise
         carry: dict[str, Any] = {}
         for kind, item in steps:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                whole = True
-                raise CellTimeoutError("whole-submission time limit")
-            per_cell = min(limits.cell_timeout, left)
-            whole = per_cell < limits.cell_timeout
+            cpu_before, wall_before = kernel.meter.read(), time.monotonic()
+            cpu_left, wall_left, cpu_whole, wall_whole = _limits.step_limits(limits, cpu_before, wall_before - start)
+            current = f"cell {item[0]}" if kind == "student" else f"the test {item.grade_id}"
+            if cpu_left <= 0:
+                raise _limits.CpuLimitExceeded("whole-submission CPU limit")
+            if wall_left <= 0:
+                raise CellTimeoutError("whole-submission wall-clock ceiling")
+            per_cell = wall_left
             if kind == "student":
                 index, source = item
                 current, running = f"cell {index}", None
-                reply = kernel.run(source, per_cell)
+                reply = kernel.run(source, per_cell, cpu=cpu_left)
                 if reply.get("status") == "error":
                     record["cell_errors"].append({"cell": index, "error": _short(
                         f"{reply.get('ename')}: {reply.get('evalue')}", 300)})
             else:
                 current, running = f"the test {item.grade_id}", item
+                current, running = f"the test {item.grade_id}", item
+                # The test runs here; its calls into the kernel wait at most the wall ceiling, and the kernel's
+                # CPU time while they run counts against the same per-cell CPU limit as a student cell.
                 channel.deadline = time.monotonic() + per_cell
-                try:
-                    report = run_test(channel, item.grade_id, item.public, item.hidden, lab.imports, carry, secret)
-                except PeerTimeout:
-                    raise CellTimeoutError("per-cell time limit") from None
-                except PeerGone:
-                    raise DeadKernelError("the kernel closed its socket") from None
+                with kernel.watchdog(cpu_left) as watchdog:
+                    try:
+                        report = run_test(channel, item.grade_id, item.public, item.hidden, lab.imports, carry,
+                                          secret)
+                    except PeerTimeout:
+                        raise CellTimeoutError("per-cell time limit") from None
+                    except PeerGone:
+                        if watchdog.tripped:
+                            raise _limits.CpuLimitExceeded(f"{watchdog.used:.1f} s of CPU time") from None
+                        raise DeadKernelError("the kernel closed its socket") from None
+                    if watchdog.tripped:  # killed just as the test finished: the kernel's answers may be cut short
+                        raise _limits.CpuLimitExceeded(f"{watchdog.used:.1f} s of CPU time")
                 results[item.grade_id] = _score_report(item, report)
+            steps_timing.append({"step": current, "cpu_s": round(kernel.meter.read() - cpu_before, 2),
+                                 "wall_s": round(time.monotonic() - wall_before, 2)})
         return finish(*final)
-    except CellTimeoutError:
-        why = (f"the whole-submission limit of {limits.timeout:g} s ran out during {current}" if whole
-               else f"{current} ran longer than the per-cell limit of {limits.cell_timeout:g} s")
+    except (CellTimeoutError, _limits.CpuLimitExceeded) as exc:
+        cpu = isinstance(exc, _limits.CpuLimitExceeded)
+        cell_cpu = kernel.meter.read() - cpu_before if kernel is not None else 0.0
+        why = _limits.timeout_reason(limits, current, cpu=cpu, whole=cpu_whole if cpu else wall_whole,
+                                     cell_cpu=cell_cpu)
         if running is not None:
             results[running.grade_id] = _question(running, False, f"timed out: {why}")
         return finish("timeout", why)
