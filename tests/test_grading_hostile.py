@@ -3,8 +3,8 @@
 tests/grading/hostile/ holds one lab00 submission per attack (see make_hostile.py) and
 expected.json with its status, true score and integrity-flag codes. All are graded once, with
 --jobs 2, in one run (module-scoped); the contamination pair is graded again with --jobs 1.
-Cases marked ``needs_trusted_tests`` are only defeated once tests run outside the student's
-kernel (issue 11, part 1); until then their score tests are expected to fail.
+Cases marked ``defeated_by_trusted_tests`` are defeated only because tests run in the grader,
+outside the student's kernel; the sandbox and the scan alone would not stop them.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ sys.path.insert(0, str(HOSTILE))
 from make_hostile import FORK_MARKER, empty_cells  # noqa: E402
 
 # Generous whole-submission time (a loaded 2-core machine); a short per-cell limit ends the hang quickly.
-LIMITS = ["--timeout", "90", "--cell-timeout", "8", "--memory", "1500", "--no-progress"]
+# CPU seconds; the wall-clock ceiling (2 x) ends a sleeping hang, which is re-run once alone before it counts.
+LIMITS = ["--timeout", "90", "--cell-timeout", "8", "--wall-factor", "2", "--memory", "1500", "--no-progress"]
 CHECKS = Path(cnncourse.grading.checks.__file__)
 pytestmark = pytest.mark.skipif(not sandbox.available(), reason="bubblewrap (bwrap) is not installed; .ci/run "
                                                                 "installs it")
-PART1 = pytest.mark.xfail(strict=False, reason="needs trusted test process (part 1)")
 
 
 def _grade(subs: Path, out: Path, jobs: int) -> None:
@@ -101,8 +101,7 @@ def _record(out: Path, name: str) -> dict:
 CASES = sorted(EXPECTED)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=PART1) if EXPECTED[n]["needs_trusted_tests"] else n
-                                  for n in CASES])
+@pytest.mark.parametrize("name", CASES)
 def test_hostile_submission_scores_no_more_than_its_true_score(hostile_run, name):
     out, _, _ = hostile_run
     record, expected = _record(out, name), EXPECTED[name]
@@ -130,7 +129,9 @@ def test_a_forked_child_does_not_outlive_its_kernel(hostile_run):
 def test_hanging_and_exiting_kernels_end_within_the_limits(hostile_run):
     out, _, _ = hostile_run
     hang = _record(out, "signals_then_hang")
-    assert "per-cell limit of 8 s" in hang["reason"] and hang["elapsed"] < 90
+    # It sleeps, so the wall-clock ceiling (2 x 8 s of CPU) ends it, twice: the re-run confirms the timeout.
+    assert "per-cell wall-clock ceiling of 16 s" in hang["reason"] and hang["elapsed"] < 90, hang["reason"]
+    assert hang["rerun"] and [a["status"] for a in hang["attempts"]] == ["timeout", "timeout"]
     assert _record(out, "atexit_sleeps")["elapsed"] < 90
 
 

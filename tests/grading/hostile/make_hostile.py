@@ -4,8 +4,8 @@ Each case is a student who has read the grader's source and tries to score more 
 work deserves, or to change another student's grade. ``expected.json`` gives, per case, the
 status, the *true* score (what the honest part of the notebook earns: an exploit must gain
 nothing), the integrity-flag codes the static scan must report (written by hand here, not
-computed by the scanner), and ``needs_trusted_tests`` where only running the tests outside the
-student's kernel defeats it. The 20,000-empty-cell notebook is built by the test
+computed by the scanner), and ``defeated_by_trusted_tests`` where only running the tests outside
+the student's kernel (in the grader, through proxies) defeats it. The 20,000-empty-cell notebook is built by the test
 (:func:`empty_cells`) rather than stored (it is 2 MB of JSON).
 """
 
@@ -165,7 +165,7 @@ def cases() -> dict[str, tuple[object, dict]]:
     markdown.cells[i] = v4.new_markdown_cell("the test was here", metadata=copy.deepcopy(good.cells[i].metadata))
 
     def case(nb, status, total, flags, trusted=False, note=""):
-        return nb, {"status": status, "total": total, "flags": sorted(flags), "needs_trusted_tests": trusted,
+        return nb, {"status": status, "total": total, "flags": sorted(flags), "defeated_by_trusted_tests": trusted,
                     "note": note}
 
     return {
@@ -211,7 +211,7 @@ def cases() -> dict[str, tuple[object, dict]]:
                                      "a test cell and a solution cell appear twice"),
         "forged_markdown_id": case(markdown, "missing-cells", 4, {"nbgrader-metadata"}, False,
                                    "a markdown cell holds test_normalize's grade_id"),
-        "empty_cells_20000": (None, {"status": "ok", "total": 4, "flags": [], "needs_trusted_tests": False,
+        "empty_cells_20000": (None, {"status": "ok", "total": 4, "flags": [], "defeated_by_trusted_tests": False,
                                      "note": "20,000 empty code cells, built by the test (empty_cells())"}),
     }
 
