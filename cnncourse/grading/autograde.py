@@ -438,7 +438,6 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
                         f"{reply.get('ename')}: {reply.get('evalue')}", 300)})
             else:
                 current, running = f"the test {item.grade_id}", item
-                current, running = f"the test {item.grade_id}", item
                 # The test runs here; its calls into the kernel wait at most the wall ceiling, and the kernel's
                 # CPU time while they run counts against the same per-cell CPU limit as a student cell.
                 channel.deadline = time.monotonic() + per_cell
