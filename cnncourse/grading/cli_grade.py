@@ -12,7 +12,7 @@ from typing import Any
 def _cmd_grade(args: argparse.Namespace) -> int:
     from cnncourse.grading.limits import resolve_limits
     from cnncourse.grading.release import MarkerError
-    from cnncourse.grading.report import find_submissions, grade_batch, summary_text
+    from cnncourse.grading.report import find_submissions, grade_batch, require_sandbox, summary_text
 
     positive = [v for v in (args.timeout, args.cell_timeout) if v is not None]
     if args.jobs < 1 or min(positive, default=1) <= 0 or args.wall_factor < 1 or (args.memory or 0) < 0:
@@ -26,6 +26,7 @@ def _cmd_grade(args: argparse.Namespace) -> int:
               + "\nEvery record says sandbox: false.", file=sys.stderr)
     try:
         find_submissions(args.submissions)  # bad paths fail here, before any calibration run
+        require_sandbox(not args.no_sandbox)
         limits = resolve_limits(args.lab, timeout=args.timeout, cell_timeout=args.cell_timeout,
                                 memory_mb=args.memory or None, wall_factor=args.wall_factor,
                                 progress=not args.no_progress, sandbox=not args.no_sandbox)

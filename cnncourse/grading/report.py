@@ -170,6 +170,20 @@ def rerun_timeouts(records: list[dict[str, Any]], lab: LabSpec, limits: Limits,
         done(second)
 
 
+def require_sandbox(sandboxed: bool) -> None:
+    """Refuse to grade sandboxed kernels where bubblewrap is missing (checked before any calibration run).
+
+    Raises:
+        ValueError: when ``sandboxed`` and ``bwrap`` is missing or cannot create namespaces here.
+    """
+    from cnncourse.grading.sandbox import available
+
+    if sandboxed and not available():
+        raise ValueError("expected the bubblewrap sandbox (`bwrap`) to isolate student kernels, but it is missing or "
+                         "cannot create namespaces here; install it (`apt-get install bubblewrap`) or grade with "
+                         "--no-sandbox")
+
+
 def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike], out: str | os.PathLike, *,
                 jobs: int = 1, limits: Limits | None = None, force: bool = False, progress: bool = True,
                 on_record: Callable[[dict[str, Any]], None] | None = None, secret: str = "") -> list[dict[str, Any]]:
@@ -190,14 +204,9 @@ def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike
     """
     from tqdm.auto import tqdm
 
-    from cnncourse.grading.sandbox import available
-
+    require_sandbox(limits is None or limits.sandbox)
     if limits is None:
-        limits = resolve_limits(lab_path, progress=progress, sandbox=available())
-    if limits.sandbox and not available():
-        raise ValueError("expected the bubblewrap sandbox (`bwrap`) to isolate student kernels, but it is missing or "
-                         "cannot create namespaces here; install it (`apt-get install bubblewrap`) or grade with "
-                         "--no-sandbox")
+        limits = resolve_limits(lab_path, progress=progress)
     lab, out = load_lab(lab_path), Path(out)
     # Sandboxed kernels see neither the submissions nor the output folder.
     limits = replace(limits, hide=(*limits.hide, *map(str, submissions), str(out)))
