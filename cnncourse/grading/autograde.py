@@ -387,7 +387,8 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
         return finish("invalid-notebook", str(exc))
     from cnncourse.grading.scan import scan_notebook
 
-    record["flags"] = scan_notebook(nb, [t.grade_id for t in lab.tests], lab.required_ids)  # for the instructor to read; never changes a score
+    # For the instructor to read; a flag never changes a score.
+    record["flags"] = scan_notebook(nb, [t.grade_id for t in lab.tests], lab.required_ids)
     steps, missing = plan(lab, nb)
     record["missing_cells"] = missing
     final = ("missing-cells", f"cells missing from the notebook: {', '.join(missing)}") if missing else ("ok", "")

@@ -61,7 +61,8 @@ _ANY_ATTRS = {  # attribute names suspicious on any object
     "f_back": "frames", "f_globals": "frames", "f_locals": "frames", "f_trace": "frames", "tb_frame": "frames",
     "gi_frame": "frames", "cr_frame": "frames", "__torch_function__": "tensor-subclass",
     "__torch_dispatch__": "tensor-subclass", "as_subclass": "tensor-subclass", "_make_subclass": "tensor-subclass",
-    "__builtins__": "builtins", "__import__": "__import__", "__globals__": "frames", "__code__": "frames", "__subclasses__": "gc",
+    "__builtins__": "builtins", "__import__": "__import__", "__globals__": "frames", "__code__": "frames",
+    "__subclasses__": "gc",
 }
 _NAMES = {"__import__": "__import__", "__builtins__": "builtins", "get_referrers": "gc", "get_objects": "gc",
           "InteractiveShell": "ipython-hooks", "CheckFailed": "grader-internals", "DelegationError": "grader-internals",
