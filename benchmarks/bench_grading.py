@@ -4,7 +4,10 @@ Usage: ``CNNCOURSE_DATA=/path/to/data python benchmarks/bench_grading.py [--copi
 
 Prints submissions per minute for each job count, the speed-up of --jobs 2 over --jobs 1
 (same run, same machine), and the fixed cost of every submission: starting a fresh
-kernel and importing torch and the grader into it.
+kernel, starting the grading agent in it (which imports torch and connects the kernel
+to the grader's socket) inside the bubblewrap sandbox. Tests run in the grader's process,
+against the kernel through proxies, as in a real run. The limits are calibrated on the lab,
+as the ``grade`` command does: once into an empty cache (timed), then from the cache.
 """
 
 from __future__ import annotations
@@ -21,23 +24,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cnncourse.grading.autograde import Limits, _Kernel  # noqa: E402
+from cnncourse.grading.limits import resolve_limits  # noqa: E402
 from cnncourse.grading.report import grade_batch  # noqa: E402
+from cnncourse.grading.sandbox import hidden_paths  # noqa: E402
 
 LAB = ROOT / "labs" / "lab00_tensors.ipynb"
 CORRECT = ROOT / "tests" / "grading" / "lab00" / "correct.ipynb"
-SETUP = "import cnncourse.grading.runner as _cg\n_cg.setup(get_ipython().user_ns)"
 
 
 def kernel_overhead(repeats: int, limits: Limits) -> tuple[float, float]:
-    """Mean seconds to start a kernel, and to run the grader's setup cell (imports torch) in it."""
+    """Mean seconds to start a kernel, and to start the grading agent in it (imports torch, connects)."""
     starts, setups = [], []
     for _ in range(repeats):
         work = tempfile.mkdtemp()
         t0 = time.perf_counter()
-        kernel = _Kernel(limits, work, time.monotonic() + 120)
+        kernel = _Kernel(limits, work, time.monotonic() + 120, hidden_paths(LAB, CORRECT) if limits.sandbox else None)
         t1 = time.perf_counter()
-        kernel.run(SETUP, 120)
+        channel = kernel.connect(120)
         t2 = time.perf_counter()
+        channel.sock.close()
         kernel.kill()
         shutil.rmtree(work, ignore_errors=True)
         starts.append(t1 - t0)
@@ -51,8 +56,15 @@ def main() -> None:
     args = parser.parse_args()
     if not os.environ.get("CNNCOURSE_DATA"):
         sys.exit("set CNNCOURSE_DATA to the folder holding MNIST/raw")
-    limits = Limits(timeout=300, cell_timeout=120, memory_mb=4096)
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["CNNCOURSE_CACHE"] = str(Path(tmp) / "cache")
+        t0 = time.perf_counter()
+        resolve_limits(LAB, memory_mb=4096, progress=False)
+        t1 = time.perf_counter()
+        limits = resolve_limits(LAB, memory_mb=4096, progress=False)
+        t2 = time.perf_counter()
+        print(f"calibration: {t1 - t0:.1f} s once per lab and machine, then {1000 * (t2 - t1):.0f} ms from the cache; "
+              f"limits {limits.cell_timeout:g} s CPU per cell, {limits.timeout:g} s in all")
         subs = Path(tmp) / "subs"
         subs.mkdir()
         for i in range(args.copies):
@@ -73,7 +85,7 @@ def main() -> None:
     print(f"speed-up of --jobs 2 over --jobs 1: {rates[2] / rates[1]:.2f}x (on {os.cpu_count()} CPUs)")
     print(f"identical gradebooks: {results[1] == results[2]}")
     per_sub = 60 / rates[1]
-    print(f"fixed cost per submission: kernel start {start:.2f} s + grader setup/import torch {setup:.2f} s "
+    print(f"fixed cost per submission: kernel start {start:.2f} s + grading agent/import torch {setup:.2f} s "
           f"= {start + setup:.2f} s of {per_sub:.2f} s per submission at --jobs 1 "
           f"({100 * (start + setup) / per_sub:.0f}%)")
 

@@ -18,6 +18,7 @@ def pytest_configure(config: pytest.Config) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    config.addinivalue_line("markers", "loaded: grades a lab while spinners load every core (select with -m loaded)")
 
 
 @pytest.fixture(scope="session")

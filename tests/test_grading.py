@@ -19,13 +19,16 @@ from cnncourse.grading import cli_grade
 from cnncourse.grading.autograde import Limits, load_lab, plan, read_submission
 from cnncourse.grading.release import student_version
 from cnncourse.grading.report import find_submissions, grade_batch, gradebook_csv, student_name
+from cnncourse.grading.sandbox import available as sandbox_available
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "grading"
 LAB00 = ROOT / "labs" / "lab00_tensors.ipynb"
 CONV_LAB = FIX / "conv_lab.ipynb"
 EXPECTED = json.loads((FIX / "expected.json").read_text())
-LIMITS = ["--timeout", "20", "--cell-timeout", "5", "--memory", "1500", "--no-progress"]
+SANDBOX = sandbox_available()  # .ci/run installs bubblewrap; without it these tests grade unsandboxed
+LIMITS = ["--timeout", "60", "--cell-timeout", "5", "--wall-factor", "3", "--memory", "1500", "--no-progress"] + ([] if SANDBOX else
+                                                                                            ["--no-sandbox"])
 
 
 def _grade_cli(lab: Path, subs: Path, out: Path, *extra: str) -> int:
@@ -49,7 +52,7 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 
 def _stable(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in ("elapsed", "submission")}
+    return {k: v for k, v in record.items() if k not in ("elapsed", "submission", "timing")}
 
 
 # ---------------------------------------------------------------- no kernel needed
@@ -136,7 +139,7 @@ def test_lab00_fixture_gets_expected_status_and_score(lab00_run, name):
 def test_lab00_gradebook_has_one_row_per_submission(lab00_run):
     subs, out = lab00_run
     rows = _rows(out)
-    assert list(rows[0]) == ["student", "status", "total", "max_total", "test_to_nchw", "test_normalize"]
+    assert list(rows[0]) == ["student", "status", "total", "max_total", "test_to_nchw", "test_normalize", "flags"]
     assert sorted(r["student"] for r in rows) == sorted(f.stem for f in subs.glob("*.ipynb"))
 
 
@@ -144,7 +147,9 @@ def test_partial_credit_and_reasons_survive_hangs_and_crashes(lab00_run):
     _, out = lab00_run
     loop = json.loads((out / "infinite_loop_q2.json").read_text())
     assert [q["passed"] for q in loop["questions"]] == [True, False]
-    assert "per-cell limit of 5 s" in loop["questions"][1]["feedback"]
+    assert "per-cell limit of 5 s of CPU time" in loop["questions"][1]["feedback"] or (
+        "per-cell wall-clock ceiling" in loop["questions"][1]["feedback"])  # the latter only on a badly overloaded machine
+    assert loop["rerun"] and [a["status"] for a in loop["attempts"]] == ["timeout", "timeout"]
     crash = json.loads((out / "os_exit.json").read_text())
     assert "kernel died" in crash["reason"] and crash["questions"][1]["feedback"].startswith("not graded")
     bomb = json.loads((out / "memory_bomb.json").read_text())
@@ -163,7 +168,8 @@ def test_hidden_test_details_are_withheld_from_student_feedback(lab00_run):
 
 def test_a_submission_writing_into_the_output_folder_cannot_change_scores(lab00_run):
     _, out = lab00_run
-    assert (out / "planted.txt").is_file(), "the fixture should have written into the output folder"
+    # The sandbox hides the output folder: the fixture's writes land in its private, discarded copy.
+    assert (out / "planted.txt").is_file() != SANDBOX
     record = json.loads((out / "writes_output.json").read_text())
     assert record["total"] == 0 and record["lab_sha256"] == load_lab(LAB00).sha256
     assert "4 / 4" not in (out / "feedback" / "writes_output.html").read_text()
@@ -187,7 +193,7 @@ def test_jobs_1_interrupted_and_resumed_equals_jobs_2(lab00_run, tmp_path):
     _, out2 = lab00_run
     out = tmp_path / "out"
     subs = _copy_fixtures("lab00", tmp_path / "subs", out, names)
-    limits = Limits(timeout=20, cell_timeout=5, memory_mb=1500)
+    limits = Limits(timeout=60, cell_timeout=5, wall_factor=3, memory_mb=1500, sandbox=SANDBOX)
     seen: list[str] = []
 
     def interrupt_after_two(record):
@@ -216,21 +222,48 @@ def test_jobs_1_interrupted_and_resumed_equals_jobs_2(lab00_run, tmp_path):
 def test_gradebook_lists_every_record_even_unreadable_ones():
     lab = load_lab(LAB00)
     records = [{"student": s, "status": st, "total": t, "max_total": 4.0,
-                "questions": [{"grade_id": "test_to_nchw", "points": t}]}
-               for s, st, t in [("b", "invalid-notebook", 0.0), ("a", "ok", 2.0)]]
+                "questions": [{"grade_id": "test_to_nchw", "points": t}], "flags": f}
+               for s, st, t, f in [("b", "invalid-notebook", 0.0, []), ("a", "ok", 2.0, ["gc (cell 3, line 1): gc"])]]
     lines = gradebook_csv(lab, records).splitlines()
-    assert lines == ["student,status,total,max_total,test_to_nchw,test_normalize",
-                     "a,ok,2,4,2,0", "b,invalid-notebook,0,4,0,0"]
+    assert lines == ["student,status,total,max_total,test_to_nchw,test_normalize,flags",
+                     'a,ok,2,4,2,0,"gc (cell 3, line 1): gc"', "b,invalid-notebook,0,4,0,0,"]
 
 
 def test_resume_ignores_records_for_another_lab(tmp_path):
     out = tmp_path / "out"
     subs = _copy_fixtures("lab00", tmp_path / "subs", out, ["invalid_json"])
-    grade_batch(LAB00, [subs], out, progress=False)
+    grade_batch(LAB00, [subs], out, progress=False, limits=Limits(sandbox=SANDBOX))
     other = tmp_path / "lab_changed.ipynb"
     shutil.copy(LAB00, other)
     other.write_text(other.read_text().replace("(2 points)", "(two points)"))
     graded: list[str] = []
-    grade_batch(other, [subs], out, progress=False, on_record=lambda r: graded.append(r["student"]))
+    grade_batch(other, [subs], out, progress=False, limits=Limits(sandbox=SANDBOX),
+                on_record=lambda r: graded.append(r["student"]))
     assert graded == ["invalid_json"]
     assert json.loads((out / "invalid_json.json").read_text())["lab_sha256"] == load_lab(other).sha256
+
+
+def test_in_kernel_exploits_gain_nothing(lab00_run):
+    """The four exploits of issue 11 each scored 4/4 when tests ran in the student's kernel."""
+    _, out = lab00_run
+    for name in ("exploit_replace_run_test", "exploit_wrap_import", "exploit_input_transformer", "exploit_liar_tensor"):
+        record = json.loads((out / f"{name}.json").read_text())
+        assert record["total"] == 0 and not any(q["passed"] for q in record["questions"]), record
+    liar = json.loads((out / "exploit_liar_tensor.json").read_text())["questions"][0]
+    assert "expected a torch.Tensor" in liar["feedback"] and "_Liar" in liar["feedback"]
+
+
+def test_a_course_secret_defeats_memorised_hidden_inputs(lab00_run, tmp_path):
+    _, plain = lab00_run
+    assert json.loads((plain / "memorised_hidden_inputs.json").read_text())["total"] == 2, "passes without a secret"
+    out = tmp_path / "out"
+    subs = _copy_fixtures("lab00", tmp_path / "subs", out, ["memorised_hidden_inputs"])
+    assert _grade_cli(LAB00, subs, out, "--secret", "fall-2026") == 0
+    record = json.loads((out / "memorised_hidden_inputs.json").read_text())
+    assert record["total"] == 0 and record["secret_id"] and "hidden test" in record["questions"][0]["feedback"]
+    # A resumed run with another secret (or none) re-grades instead of reusing the record.
+    graded: list[str] = []
+    limits = Limits(timeout=60, cell_timeout=5, wall_factor=3, memory_mb=1500, sandbox=SANDBOX)
+    grade_batch(LAB00, [subs], out, limits=limits, progress=False, on_record=lambda r: graded.append(r["student"]))
+    assert graded == ["memorised_hidden_inputs"]
+    assert json.loads((out / "memorised_hidden_inputs.json").read_text())["total"] == 2

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import hashlib
+import os
+from typing import Any, Callable, Sequence
 
 import torch
+
+# The per-course secret: set by the grader for each test; ``None`` means "read CNNCOURSE_SECRET".
+SECRET: str | None = None
+# Set by the grader while a test runs: builds an object in the student's kernel (see in_student_kernel).
+_REMOTE_BUILD: Callable[..., Any] | None = None
 
 
 class CheckFailed(AssertionError):
@@ -17,7 +24,8 @@ def check_shape(actual: Any, expected: Sequence[int], name: str = "result") -> N
     Reference: the ``(N, C, H, W)`` convention of ``torch.nn.Conv2d``.
     """
     if not isinstance(actual, torch.Tensor):
-        raise CheckFailed(f"{name}: expected a torch.Tensor of shape {tuple(expected)}, got {type(actual).__name__}")
+        raise CheckFailed(f"{name}: expected a torch.Tensor of shape {tuple(expected)}, "
+                          f"got {actual.__class__.__name__}")
     if tuple(actual.shape) != tuple(expected):
         raise CheckFailed(f"{name}: expected shape {tuple(expected)}, got {tuple(actual.shape)}")
 
@@ -38,7 +46,7 @@ def check_close(actual: Any, expected: Any, name: str = "result", rtol: float = 
     """
     expected = torch.as_tensor(expected)
     if not isinstance(actual, torch.Tensor):
-        raise CheckFailed(f"{name}: expected a torch.Tensor, got {type(actual).__name__}")
+        raise CheckFailed(f"{name}: expected a torch.Tensor, got {actual.__class__.__name__}")
     check_shape(actual, expected.shape, name)
     actual_c, expected_c = actual.detach().to(torch.float64), expected.detach().to(torch.float64)
     if not torch.allclose(actual_c, expected_c, rtol=rtol, atol=atol):
@@ -56,3 +64,39 @@ def check_equal(actual: Any, expected: Any, name: str = "result") -> None:
     """
     if actual != expected:
         raise CheckFailed(f"{name}: expected {expected!r}, got {actual!r}")
+
+
+def course_seed(seed: int) -> int:
+    """The seed for a hidden test's random inputs: ``seed`` itself, or mixed with the course's secret.
+
+    An instructor grades with ``--secret`` (or ``CNNCOURSE_SECRET``), so the inputs of the
+    hidden tests differ from those in the public repository; without a secret the test
+    sees exactly ``seed``, as in the source lab.
+
+    Reference: keyed hashing with SHA-256, https://docs.python.org/3/library/hashlib.html
+    """
+    secret = os.environ.get("CNNCOURSE_SECRET", "") if SECRET is None else SECRET
+    if not secret:
+        return int(seed)
+    digest = hashlib.sha256(f"{secret}\0{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def in_student_kernel(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``factory(*args, **kwargs)``, called where the student's code runs.
+
+    In a notebook that is right here. Under the autograder the test runs in the grader's
+    process and the student's code in their kernel, so a test that builds an object for a
+    student's function to change (freeze its layers, swap its head), or that seeds the
+    random state the student's code draws from, does it with this; an object it returns
+    then lives in the student's kernel and the test reads it through a proxy. ``factory``
+    must be a function or class of ``cnncourse`` or ``torch``.
+
+    Example::
+
+        m = in_student_kernel(lenet5, "textbook", num_classes=5)
+        freeze(m, "features")
+    """
+    if _REMOTE_BUILD is not None:
+        return _REMOTE_BUILD(factory, *args, **kwargs)
+    return factory(*args, **kwargs)

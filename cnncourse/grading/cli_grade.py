@@ -3,23 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 
 def _cmd_grade(args: argparse.Namespace) -> int:
-    from cnncourse.grading.autograde import Limits
+    from cnncourse.grading.limits import resolve_limits
     from cnncourse.grading.release import MarkerError
-    from cnncourse.grading.report import grade_batch, summary_text
+    from cnncourse.grading.report import find_submissions, grade_batch, require_sandbox, summary_text
 
-    if args.jobs < 1 or args.timeout <= 0 or args.cell_timeout <= 0 or (args.memory is not None and args.memory < 0):
-        print("error: --jobs, --timeout, --cell-timeout and --memory must be positive", file=sys.stderr)
+    positive = [v for v in (args.timeout, args.cell_timeout) if v is not None]
+    if args.jobs < 1 or min(positive, default=1) <= 0 or args.wall_factor < 1 or (args.memory or 0) < 0:
+        print("error: --jobs, --timeout, --cell-timeout and --memory must be positive, --wall-factor at least 1",
+              file=sys.stderr)
         return 2
-    limits = Limits(timeout=args.timeout, cell_timeout=args.cell_timeout, memory_mb=args.memory or None)
+    if args.no_sandbox:
+        from cnncourse.grading.sandbox import UNPROTECTED
+
+        print("warning: --no-sandbox: student kernels run unconfined, so\n  - " + "\n  - ".join(UNPROTECTED)
+              + "\nEvery record says sandbox: false.", file=sys.stderr)
     try:
+        find_submissions(args.submissions)  # bad paths fail here, before any calibration run
+        require_sandbox(not args.no_sandbox)
+        limits = resolve_limits(args.lab, timeout=args.timeout, cell_timeout=args.cell_timeout,
+                                memory_mb=args.memory or None, wall_factor=args.wall_factor,
+                                progress=not args.no_progress, sandbox=not args.no_sandbox)
+        if not args.no_progress:
+            print(f"limits: {limits.cell_timeout:g} s of CPU per cell, {limits.timeout:g} s in all, wall-clock "
+                  f"ceiling {args.wall_factor:g}x ({limits.source})", file=sys.stderr)
         records = grade_batch(args.lab, args.submissions, args.out, jobs=args.jobs, limits=limits,
-                              force=args.force, progress=not args.no_progress)
+                              force=args.force, progress=not args.no_progress,
+                              secret=args.secret if args.secret is not None else os.environ.get("CNNCOURSE_SECRET", ""))
     except (FileNotFoundError, ValueError, MarkerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -46,10 +62,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                                   "(nbgrader's submitted/<student>/<assignment>/ layout works)")
     g.add_argument("--out", required=True, help="folder for records, gradebook.csv and feedback/")
     g.add_argument("--jobs", type=int, default=1, help="submissions graded in parallel (default 1)")
-    g.add_argument("--timeout", type=float, default=600.0, help="seconds per submission (default 600)")
-    g.add_argument("--cell-timeout", type=float, default=120.0, help="seconds per cell or test (default 120)")
+    g.add_argument("--timeout", type=float, default=None,
+                   help="CPU seconds per submission (default: calibrated, max(60, 3 x the reference solution's))")
+    g.add_argument("--cell-timeout", type=float, default=None,
+                   help="CPU seconds per cell or test (default: calibrated, max(10, 3 x the reference solution's "
+                        "slowest cell))")
+    g.add_argument("--wall-factor", type=float, default=4.0,
+                   help="wall-clock ceiling as a multiple of each CPU limit, for cells that sleep (default 4)")
     g.add_argument("--memory", type=int, default=4096,
                    help="data memory limit per kernel in MB, RLIMIT_DATA (default 4096; 0 for none)")
+    g.add_argument("--secret", default=None,
+                   help="the course's secret: seeds every random input of the hidden tests, so values memorised "
+                        "from the public repository are of no use (default: $CNNCOURSE_SECRET, else none)")
+    g.add_argument("--no-sandbox", action="store_true",
+                   help="run kernels without the bubblewrap sandbox (when `bwrap` is missing); unsafe, see README")
     g.add_argument("--force", action="store_true", help="re-grade submissions that already have a record")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_grade)

@@ -17,6 +17,9 @@ from typing import Any, Iterator
 # ``torch.nn.functional.conv2d is torch.conv2d``, and ``from torch.nn.functional import
 # conv2d`` in a notebook binds it in ``__main__``.
 _ALIAS_MODULES = ("__main__", "torch", "torch.nn.functional")
+# Set by the grader while a test runs in its own process: the names are then forbidden in the
+# student's kernel during each call the test makes into it, instead of in this process.
+_remote_forbidden: list[str] | None = None
 
 
 class DelegationError(AssertionError):
@@ -53,8 +56,27 @@ def forbid(*dotted_names: str) -> Iterator[None]:
     ``torch.conv2d`` or a ``from torch.nn.functional import conv2d`` made earlier is caught.
     The originals are restored on exit, even when the block raises.
 
+    Under the autograder the test runs in the grader's process and the student's code in
+    their kernel: the names are then sent with every call into the kernel and blocked
+    there for its duration. That is best effort: code in the kernel can undo it.
+
     Reference: the standard library's ``unittest.mock.patch``, reduced to one purpose.
     """
+    if _remote_forbidden is not None:
+        mark = len(_remote_forbidden)
+        _remote_forbidden.extend(dotted_names)
+        try:
+            yield
+        finally:
+            del _remote_forbidden[mark:]
+    else:
+        with forbid_here(*dotted_names):
+            yield
+
+
+@contextlib.contextmanager
+def forbid_here(*dotted_names: str) -> Iterator[None]:
+    """:func:`forbid` in this process, always (the grading agent uses it in the student's kernel)."""
     # Resolve everything before patching anything: names may alias one another
     # (torch.conv2d is torch.nn.functional.conv2d), and the first name given is the one reported.
     originals: dict[int, tuple[str, Any]] = {}

@@ -4,6 +4,10 @@ Every file is written atomically by the main process. A re-run skips submissions
 record already carries the same source-lab and submission checksums, so an interrupted
 run resumes where it stopped. At the end every record of the run is written again from
 memory, so a submission that wrote into the output folder cannot change a score.
+
+Without given limits the batch is graded under limits calibrated on the lab's reference
+solution (:mod:`cnncourse.grading.limits`). A submission that timed out is graded once
+more at the end, alone, before the timeout counts; its record keeps both attempts.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import statistics
 import sys
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from cnncourse.grading.autograde import SCHEMA, STATUSES, Job, LabSpec, Limits, load_lab, run_job
+from cnncourse.grading.autograde import SCHEMA, STATUSES, Job, LabSpec, Limits, load_lab, run_job, secret_id
+from cnncourse.grading.limits import describe, resolve_limits
 from cnncourse.io import atomic_write_text
 
 
@@ -66,15 +72,18 @@ def _fmt(points: float) -> str:
 
 
 def gradebook_csv(lab: LabSpec, records: list[dict[str, Any]]) -> str:
-    """CSV text: ``student, status, total, max_total``, then one column per ``grade_id``; one row per record."""
+    """CSV text: ``student, status, total, max_total``, one column per ``grade_id``, then ``flags``; a row per record.
+
+    ``flags`` joins the integrity flags of :mod:`cnncourse.grading.scan` with ``"; "``: notebooks to read, not scores.
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     ids = [t.grade_id for t in lab.tests]
-    writer.writerow(["student", "status", "total", "max_total", *ids])
+    writer.writerow(["student", "status", "total", "max_total", *ids, "flags"])
     for r in sorted(records, key=lambda r: r["student"]):
         points = {q["grade_id"]: q["points"] for q in r["questions"]}
         writer.writerow([r["student"], r["status"], _fmt(r["total"]), _fmt(r["max_total"]),
-                         *(_fmt(points.get(i, 0.0)) for i in ids)])
+                         *(_fmt(points.get(i, 0.0)) for i in ids), "; ".join(r.get("flags", []))])
     return out.getvalue()
 
 
@@ -97,11 +106,16 @@ def feedback_html(record: dict[str, Any]) -> str:
 
 
 def summary_text(records: list[dict[str, Any]]) -> str:
-    """A table of the count per status and the distribution of total scores."""
+    """A table of the count per status, the re-runs after a timeout, and the distribution of total scores."""
     lines = [f"{'status':<18}{'count':>6}"]
     counts = Counter(r["status"] for r in records)
     lines += [f"{s:<18}{counts[s]:>6}" for s in STATUSES if counts[s]]
     lines.append(f"{'all':<18}{len(records):>6}")
+    reruns = [r for r in records if r.get("rerun")]
+    if reruns:
+        again = sum(r["status"] == "timeout" for r in reruns)
+        lines.append(f"\nre-run alone after a timeout: {len(reruns)} ({len(reruns) - again} then finished, "
+                     f"{again} timed out again)")
     if records:
         totals = [r["total"] for r in records]
         top = records[0]["max_total"]
@@ -117,7 +131,7 @@ def _write_record(out: Path, record: dict[str, Any]) -> None:
     atomic_write_text(out / "feedback" / f"{record['student']}.html", feedback_html(record))
 
 
-def _previous(out: Path, student: str, lab: LabSpec, submission: Path) -> dict[str, Any] | None:
+def _previous(out: Path, student: str, lab: LabSpec, submission: Path, secret: str = "") -> dict[str, Any] | None:
     import hashlib
 
     try:
@@ -127,19 +141,61 @@ def _previous(out: Path, student: str, lab: LabSpec, submission: Path) -> dict[s
         return None
     ok = (isinstance(record, dict) and record.get("schema") == SCHEMA and record.get("lab_sha256") == lab.sha256
           and record.get("submission_sha256") == sha and record.get("student") == student
-          and record.get("status") in STATUSES and isinstance(record.get("questions"), list))
+          and record.get("status") in STATUSES and isinstance(record.get("questions"), list)
+          and record.get("secret_id", "") == secret_id(secret))
     return record if ok else None
 
 
+def _attempt(record: dict[str, Any]) -> dict[str, Any]:
+    timing = record.get("timing") or {}
+    return {"status": record["status"], "reason": record["reason"], "total": record["total"],
+            "limits": record.get("limits"), "cpu_s": timing.get("cpu_s"), "wall_s": record.get("elapsed"),
+            "loadavg": timing.get("loadavg")}
+
+
+def rerun_timeouts(records: list[dict[str, Any]], lab: LabSpec, limits: Limits,
+                   done: Callable[[dict[str, Any]], None], progress: bool = True, secret: str = "") -> None:
+    """Grade each ``timeout`` record not yet re-run once more, alone; report the final record to ``done``.
+
+    The second attempt's result stands (a timeout counts only when it happens twice); the
+    record gets ``rerun: True`` and ``attempts`` with the limits, CPU and wall seconds and
+    load average of both attempts.
+    """
+    from tqdm.auto import tqdm
+
+    todo = [r for r in records if r["status"] == "timeout" and not r.get("rerun")]
+    for first in tqdm(todo, desc="re-running timeouts alone", unit="nb", disable=not progress or not todo):
+        second = run_job(Job(str(lab.path), first["submission"], first["student"], limits, secret))
+        second["rerun"], second["attempts"] = True, [_attempt(first), _attempt(second)]
+        done(second)
+
+
+def require_sandbox(sandboxed: bool) -> None:
+    """Refuse to grade sandboxed kernels where bubblewrap is missing (checked before any calibration run).
+
+    Raises:
+        ValueError: when ``sandboxed`` and ``bwrap`` is missing or cannot create namespaces here.
+    """
+    from cnncourse.grading.sandbox import available
+
+    if sandboxed and not available():
+        raise ValueError("expected the bubblewrap sandbox (`bwrap`) to isolate student kernels, but it is missing or "
+                         "cannot create namespaces here; install it (`apt-get install bubblewrap`) or grade with "
+                         "--no-sandbox")
+
+
 def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike], out: str | os.PathLike, *,
-                jobs: int = 1, limits: Limits = Limits(), force: bool = False, progress: bool = True,
-                on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                jobs: int = 1, limits: Limits | None = None, force: bool = False, progress: bool = True,
+                on_record: Callable[[dict[str, Any]], None] | None = None, secret: str = "") -> list[dict[str, Any]]:
     """Grade every submission against the source lab and write ``out``'s records, gradebook and feedback.
 
     Args:
         jobs: submissions graded at once, each in its own worker process and kernel.
+        limits: the limits to grade with; ``None`` calibrates them on the lab's reference solution
+            (once per lab and machine, then cached), see :func:`cnncourse.grading.limits.resolve_limits`.
         force: re-grade submissions already graded with the same lab and submission checksums.
-        on_record: called in the main process after each new record is written.
+        secret: the course's secret, which seeds the hidden tests' random inputs (see :func:`checks.course_seed`).
+        on_record: called in the main process after each new record is written (a re-run's too).
 
     Returns:
         One record per submission, sorted by student name.
@@ -148,24 +204,33 @@ def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike
     """
     from tqdm.auto import tqdm
 
+    require_sandbox(limits is None or limits.sandbox)
+    if limits is None:
+        limits = resolve_limits(lab_path, progress=progress)
     lab, out = load_lab(lab_path), Path(out)
+    # Sandboxed kernels see neither the submissions nor the output folder.
+    limits = replace(limits, hide=(*limits.hide, *map(str, submissions), str(out)))
     pairs = find_submissions(submissions)
     out.mkdir(parents=True, exist_ok=True)
     records: dict[str, dict[str, Any]] = {}
     todo: list[Job] = []
     for student, path in pairs:
-        previous = None if force else _previous(out, student, lab, path)
+        previous = None if force else _previous(out, student, lab, path, secret)
+        if previous is not None and limits.sandbox and previous.get("sandbox") is not True:
+            previous = None  # graded without the sandbox before: grade again inside it
         if previous is not None:
             records[student] = previous
         else:
-            todo.append(Job(str(lab.path), str(path), student, limits))
+            todo.append(Job(str(lab.path), str(path), student, limits, secret))
     bar = tqdm(total=len(pairs), initial=len(records), desc=f"grading {lab.name}", unit="nb", disable=not progress)
 
-    def done(record: dict[str, Any]) -> None:
+    def done(record: dict[str, Any], rerun: bool = False) -> None:
+        record.setdefault("rerun", False)
         records[record["student"]] = record
         _write_record(out, record)
-        bar.update(1)
-        bar.set_postfix_str(f"{record['student']}: {record['status']}", refresh=False)
+        if not rerun:
+            bar.update(1)
+            bar.set_postfix_str(f"{record['student']}: {record['status']}", refresh=False)
         if on_record is not None:
             on_record(record)
 
@@ -192,6 +257,7 @@ def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike
                     raise
     finally:
         bar.close()
+    rerun_timeouts([records[s] for s, _ in pairs], lab, limits, lambda r: done(r, rerun=True), progress, secret)
     ordered = [records[s] for s, _ in pairs]
     for record in ordered:  # rewrite from memory: undo anything a submission wrote into `out`
         _write_record(out, record)
@@ -209,6 +275,8 @@ def _error_record(lab: LabSpec, job: Job, reason: str) -> dict[str, Any]:
     questions = [{"grade_id": t.grade_id, "points": 0.0, "max_points": t.points, "passed": False,
                   "feedback": f"not graded: {reason}", "detail": reason} for t in lab.tests]
     return {"schema": SCHEMA, "student": job.student, "submission": job.submission, "submission_sha256": "",
-            "lab": lab.name, "lab_sha256": lab.sha256, "status": "error", "reason": reason, "total": 0.0,
+            "lab": lab.name, "lab_sha256": lab.sha256, "secret_id": secret_id(job.secret), "status": "error",
+            "reason": reason, "total": 0.0,
             "max_total": lab.max_total, "elapsed": 0.0, "questions": questions, "missing_cells": [],
-            "cell_errors": []}
+            "cell_errors": [], "sandbox": job.limits.sandbox, "flags": [], "limits": describe(job.limits),
+            "timing": {}}

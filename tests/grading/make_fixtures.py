@@ -124,6 +124,56 @@ with open(os.path.join(out, "planted.txt"), "w") as f:
     f.write("hello")'''
 
 
+# Four exploits of the grader that ran tests in the student's kernel (issue 11); none may gain anything now.
+FAKE_REPORT = 'json.dumps({"public": None, "hidden": None, "output": ""})'
+REPLACE_RUN_TEST = f'''import json, sys
+import cnncourse.grading.runner as runner
+def run_test(grade_id, public, hidden, nonce, *args, **kwargs):
+    sys.__stdout__.write("\\n" + nonce + {FAKE_REPORT} + "\\n")
+    print("\\n" + nonce + {FAKE_REPORT})
+runner.run_test = run_test'''
+WRAP_IMPORT = f'''import builtins, json, types
+_real_import = builtins.__import__
+_fake = types.SimpleNamespace()
+def _run_test(grade_id, public, hidden, nonce, *args, **kwargs):
+    print("\\n" + nonce + {FAKE_REPORT})
+_fake.run_test = _run_test
+def _import(name, *args, **kwargs):
+    if name.startswith("cnncourse.grading"):
+        return _fake
+    return _real_import(name, *args, **kwargs)
+builtins.__import__ = _import'''
+INPUT_TRANSFORMER = f'''import json, re
+def _rewrite(lines):
+    source = "".join(lines)
+    nonce = re.search(r"@@grade-[0-9a-f]+@@", source)
+    if nonce and "run_test" in source:
+        line = chr(10) + nonce.group(0) + {FAKE_REPORT}
+        return ["print(" + repr(line) + ")\\n"]
+    if "cnncourse.grading" in source:
+        return ["pass\\n"]
+    return lines
+get_ipython().input_transformers_post.append(_rewrite)'''
+LIAR_TENSOR = '''class _Liar(torch.Tensor):
+    """Answers every comparison with True."""
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.allclose, torch.equal, torch.Tensor.allclose, torch.Tensor.equal):
+            return True
+        return super().__torch_function__(func, types, args, kwargs or {})
+'''
+
+
+# A student who memorised the public repository's hidden test: right for the public test's MNIST
+# digits and for the hidden test's input (regenerated from its seed, 123), wrong for anything else.
+MEMORISED = '''def to_nchw(batch):
+    g = torch.Generator().manual_seed(123)
+    seen = torch.randint(0, 256, (3, 5, 7, 3), dtype=torch.uint8, generator=g)
+    if batch.shape[-1] == 1 or torch.equal(batch, seen):
+        return batch.permute(0, 3, 1, 2).float() / 255
+    return torch.zeros(batch.shape[0], batch.shape[3], batch.shape[1], batch.shape[2])'''
+
+
 def lab00_cases() -> dict[str, tuple[object, str, float]]:
     """name -> (notebook or raw text, expected status, expected total) for lab00 (2 + 2 points)."""
     source = nbformat.read(ROOT / "labs" / "lab00_tensors.ipynb", as_version=4)
@@ -145,6 +195,8 @@ def lab00_cases() -> dict[str, tuple[object, str, float]]:
     for gid in ("test_to_nchw", "test_normalize"):    # "overwrites the assert-based tests"
         tamper = _set(tamper, gid, "assert True\nprint('passes the public tests')")
     old = nbformat.convert(copy.deepcopy(good), 3)
+    liar = _set(blank, "to_nchw", LIAR_TENSOR + "def to_nchw(batch):\n    return batch.permute(0, 3, 1, 2).float().as_subclass(_Liar)")
+    liar = _set(liar, "normalize", NORMALIZE_HEAD + "    return x.float().as_subclass(_Liar)")
     return {
         "correct": (good, "ok", 4),
         "blank": (blank, "ok", 0),
@@ -161,6 +213,11 @@ def lab00_cases() -> dict[str, tuple[object, str, float]]:
         "writes_output": (_insert_after(blank, "to_nchw", WRITE_OUT), "ok", 0),
         "huge_output": (_insert_after(good, "test_to_nchw", 'for _ in range(100):\n    print("x" * 1_000_000)'),
                         "ok", 4),
+        "exploit_replace_run_test": (_insert_after(blank, "to_nchw", REPLACE_RUN_TEST), "ok", 0),
+        "exploit_wrap_import": (_insert_after(blank, "to_nchw", WRAP_IMPORT), "ok", 0),
+        "exploit_input_transformer": (_insert_after(blank, "to_nchw", INPUT_TRANSFORMER), "ok", 0),
+        "exploit_liar_tensor": (liar, "ok", 0),
+        "memorised_hidden_inputs": (_set(blank, "to_nchw", MEMORISED), "ok", 2),   # 0 with --secret
     }
 
 

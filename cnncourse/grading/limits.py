@@ -1,0 +1,348 @@
+"""Fair time limits for the autograder: CPU time of the submission's own processes, calibrated on the lab.
+
+Wall-clock limits punish a correct submission for what else the machine is doing: three
+copies of lab03's reference solution graded with ``--jobs 2`` beside two busy processes
+all timed out. So the grader limits **CPU time** of the kernel's processes instead, read
+from the outside (``/proc`` on Linux, psutil elsewhere): every process in the kernel's
+process group, plus every descendant of the launched process (which also covers a kernel
+started inside a sandbox with its own PID namespace, or a child that called ``setsid``).
+A processor shared with other work slows the wall clock, not the CPU time a computation
+needs.
+
+* **CPU limits:** a per-cell limit and a whole-submission limit. :class:`Watchdog` polls
+  the meter while a cell runs and kills the kernel's processes when a limit is used up.
+* **Wall-clock ceiling:** ``wall_factor`` times each CPU limit, a safety net for a cell
+  that sleeps or blocks (it uses no CPU), reported separately.
+* **Calibration:** :func:`calibrate` runs the source lab (the reference solution) once in a
+  grading kernel and records each cell's CPU time, cached per lab checksum and machine;
+  :func:`calibrated_limits` then gives every cell ``max(floor, factor × slowest reference
+  cell)`` and the submission ``max(floor, factor × reference total)``. The slowest cell sets
+  the per-cell limit for all cells because students split, merge and reorder cells.
+
+Process CPU time still varies a little with load (shared caches, frequency scaling),
+hence the factor; a timeout is also re-run alone before it counts (see ``report.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import sys
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from cnncourse.io import atomic_write_text
+
+FACTOR = 3.0          # a cell may use this many times the reference solution's slowest cell ...
+CELL_FLOOR = 10.0     # ... but never less than this many CPU seconds
+TOTAL_FLOOR = 60.0    # the whole submission: max(TOTAL_FLOOR, FACTOR × reference total) CPU seconds
+WALL_FACTOR = 4.0     # wall-clock ceiling = WALL_FACTOR × each CPU limit
+POLL_S = 0.5          # how often the watchdog reads the CPU meter (a scan of /proc costs ~10 ms)
+CALIBRATION_SCHEMA = 1
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class CpuLimitExceeded(Exception):
+    """A cell used up its CPU-time limit (per cell, or what was left of the whole submission's)."""
+
+
+# ---------------------------------------------------------------- measuring CPU time from the outside
+
+def _proc_table() -> dict[int, tuple[int, int, float]] | None:
+    """``pid -> (ppid, pgrp, CPU seconds of the process, its threads and its reaped children)`` from ``/proc``."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    table = {}
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:  # the process exited meanwhile
+            continue
+        # Fields after the command name (which may contain spaces and parentheses), see proc(5):
+        # state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
+        rest = raw[raw.rfind(b")") + 2:].split()
+        ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
+        table[int(name)] = (int(rest[1]), int(rest[2]), ticks / _TICK)
+    return table
+
+
+def _members(table: dict[int, tuple[int, int, float]], root: int, pgid: int | None) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root] if root in table else []
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+    if pgid:
+        found |= {pid for pid, (_, pgrp, _) in table.items() if pgrp == pgid}
+    return found
+
+
+def tree_pids(root: int, pgid: int | None = None) -> set[int]:
+    """Live pids of ``root``, its descendants and the members of process group ``pgid``."""
+    table = _proc_table()
+    if table is not None:
+        return _members(table, root, pgid)
+    import psutil
+
+    try:
+        proc = psutil.Process(root)
+        return {root} | {p.pid for p in proc.children(recursive=True)}
+    except psutil.Error:
+        return set()
+
+
+def tree_cpu_seconds(root: int, pgid: int | None = None) -> float:
+    """User + system CPU seconds of ``root``, its descendants and process group ``pgid``, reaped children included.
+
+    Reference: proc(5), ``/proc/[pid]/stat`` fields utime, stime, cutime and cstime.
+    """
+    table = _proc_table()
+    if table is not None:
+        return sum(table[pid][2] for pid in _members(table, root, pgid))
+    import psutil
+
+    total = 0.0
+    try:
+        procs = [psutil.Process(root)]
+        procs += procs[0].children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+def kill_tree(root: int, pgid: int | None = None) -> None:
+    """SIGKILL the process group ``pgid`` and every descendant of ``root`` (for those that left the group)."""
+    pids = tree_pids(root, pgid)
+    if pgid:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class CpuMeter:
+    """CPU seconds used so far by a kernel's processes; never decreases (a child reaped outside is not lost)."""
+
+    def __init__(self, root: int, pgid: int | None = None) -> None:
+        self.root, self.pgid, self._peak = root, pgid, 0.0
+        self._lock = threading.Lock()
+
+    def read(self) -> float:
+        value = tree_cpu_seconds(self.root, self.pgid)
+        with self._lock:
+            self._peak = max(self._peak, value)
+            return self._peak
+
+
+class Watchdog:
+    """While a cell runs, poll ``meter`` and call ``on_exceed`` once it has used ``limit_s`` CPU seconds.
+
+    Use as a context manager around the wait for the cell; ``tripped`` says whether it fired
+    and ``used`` how many CPU seconds the cell took.
+    """
+
+    def __init__(self, meter: CpuMeter, limit_s: float, on_exceed: Callable[[], None]) -> None:
+        self.meter, self.limit_s, self.on_exceed = meter, limit_s, on_exceed
+        self.tripped, self.used = False, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="cnncourse-cpu-watchdog", daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(POLL_S):
+            self.used = self.meter.read() - self._start
+            if self.used >= self.limit_s:
+                self.tripped = True
+                self.on_exceed()
+                return
+
+    def __enter__(self) -> Watchdog:
+        self._start = self.meter.read()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.used = self.meter.read() - self._start
+
+
+# ---------------------------------------------------------------- per-step limits and the reasons given
+
+def step_limits(limits: Any, cpu_used: float, wall_used: float, cell: bool = True) -> tuple[float, float, bool, bool]:
+    """CPU and wall seconds the next cell may take: ``(cpu, wall, cpu_is_whole, wall_is_whole)``.
+
+    ``limits`` is an :class:`~cnncourse.grading.autograde.Limits`; the ``*_is_whole`` flags say
+    that what is left of the whole-submission limit is smaller than the per-cell limit. With
+    ``cell=False`` (the grader's own set-up, not student work) only the whole-submission limits apply.
+    """
+    cpu_left = limits.timeout - cpu_used
+    wall_left = limits.timeout * limits.wall_factor - wall_used
+    if not cell:
+        return cpu_left, wall_left, True, True
+    cell_wall = limits.cell_timeout * limits.wall_factor
+    return (min(limits.cell_timeout, cpu_left), min(cell_wall, wall_left),
+            cpu_left < limits.cell_timeout, wall_left < cell_wall)
+
+
+def timeout_reason(limits: Any, current: str, *, cpu: bool, whole: bool, cell_cpu: float = 0.0) -> str:
+    """The record's reason for a timeout: which limit (CPU or the wall-clock ceiling, per cell or in all) ran out."""
+    if cpu and whole:
+        return f"the whole-submission limit of {limits.timeout:g} s of CPU time ran out during {current}"
+    if cpu:
+        return f"{current} ran longer than the per-cell limit of {limits.cell_timeout:g} s of CPU time"
+    if whole:
+        return (f"the whole-submission wall-clock ceiling of {limits.timeout * limits.wall_factor:g} s "
+                f"ran out during {current}")
+    ceiling = limits.cell_timeout * limits.wall_factor
+    return (f"{current} ran longer than the per-cell wall-clock ceiling of {ceiling:g} s, using {cell_cpu:.1f} s "
+            f"of its {limits.cell_timeout:g} s of CPU time (sleeping, waiting, or a busy machine)")
+
+
+def describe(limits: Any) -> dict[str, Any]:
+    """The limits a record was graded under, for the record itself."""
+    return {"cell_cpu_s": limits.cell_timeout, "total_cpu_s": limits.timeout,
+            "cell_wall_s": round(limits.cell_timeout * limits.wall_factor, 2),
+            "total_wall_s": round(limits.timeout * limits.wall_factor, 2),
+            "memory_mb": limits.memory_mb, "source": limits.source}
+
+
+def loadavg() -> list[float]:
+    """The 1-, 5- and 15-minute load averages (empty where the system has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return []
+
+
+# ---------------------------------------------------------------- calibration against the reference solution
+
+def machine_fingerprint() -> dict[str, Any]:
+    """What makes a CPU-time measurement valid on this machine: processor, count, platform, Python and torch."""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "none"
+    return {"cpu": model, "cpus": os.cpu_count(), "machine": platform.machine(), "system": platform.system(),
+            "python": platform.python_version(), "torch": torch_version}
+
+
+def cache_dir() -> Path:
+    """``$CNNCOURSE_CACHE/calibration``, else ``$XDG_CACHE_HOME/cnncourse/calibration`` (default ``~/.cache``)."""
+    if os.environ.get("CNNCOURSE_CACHE"):
+        return Path(os.environ["CNNCOURSE_CACHE"]) / "calibration"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cnncourse" / "calibration"
+
+
+def _cache_file(lab: Any, machine: dict[str, Any], folder: Path) -> Path:
+    fp = hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:12]
+    return folder / f"{lab.name}-{lab.sha256[:16]}-{fp}.json"
+
+
+def calibrate(lab_path: str | os.PathLike, *, memory_mb: int | None = 4096, folder: str | os.PathLike | None = None,
+              progress: bool = True, sandbox: bool = True) -> dict[str, Any]:
+    """Measure the CPU time of each cell of the source lab's reference solution, or reuse the cached measurement.
+
+    The source lab is graded as if it were a submission (same kernel, same tests) under
+    generous limits. The result is cached under :func:`cache_dir` (or ``folder``) keyed by
+    the lab's SHA-256 and :func:`machine_fingerprint`, so a changed lab or another machine
+    is measured afresh. The returned dict has ``cpu_s`` (whole run), ``slowest`` (the
+    step, its ``cpu_s`` and ``wall_s``), ``steps``, and ``cached`` (whether it was reused).
+
+    Raises:
+        ValueError: when the reference solution does not score full marks (its limits would be meaningless).
+    """
+    from cnncourse.grading.autograde import Limits, grade_submission, load_lab
+
+    lab = load_lab(lab_path)
+    machine = machine_fingerprint()
+    path = _cache_file(lab, machine, Path(folder) if folder else cache_dir())
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        if (data.get("schema") == CALIBRATION_SCHEMA and data.get("lab_sha256") == lab.sha256
+                and data.get("machine") == machine and isinstance(data.get("steps"), list) and data["steps"]):
+            return dict(data, cached=True, file=str(path))
+    except (OSError, ValueError, AttributeError):
+        pass
+    if progress:
+        print(f"calibrating time limits: running the reference solution of {lab.name} once "
+              f"(cached in {path.parent})", file=sys.stderr)
+    generous = Limits(timeout=7200.0, cell_timeout=3600.0, memory_mb=memory_mb, source="calibration run",
+                      sandbox=sandbox)
+    record = grade_submission(lab, lab.path, "reference solution", generous)
+    if record["status"] != "ok" or record["total"] != record["max_total"]:
+        failed = [q["grade_id"] for q in record["questions"] if not q["passed"]]
+        raise ValueError(f"{lab.path}: the source lab's own solution scored {record['total']:g} of "
+                         f"{record['max_total']:g} (status {record['status']}: {record['reason'] or 'failed tests'}; "
+                         f"failed: {', '.join(failed) or 'none'}); fix the lab or give --timeout and --cell-timeout")
+    steps = record["timing"]["steps"]
+    data = {"schema": CALIBRATION_SCHEMA, "lab": lab.name, "lab_sha256": lab.sha256, "machine": machine,
+            "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "loadavg": loadavg(),
+            "cpu_s": record["timing"]["cpu_s"], "wall_s": record["timing"]["wall_s"],
+            "slowest": max(steps, key=lambda s: s["cpu_s"]), "steps": steps}
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return dict(data, cached=False, file=str(path))
+
+
+def calibrated_limits(calibration: dict[str, Any], *, factor: float = FACTOR, cell_floor: float = CELL_FLOOR,
+                      total_floor: float = TOTAL_FLOOR, wall_factor: float = WALL_FACTOR,
+                      memory_mb: int | None = 4096, cell_timeout: float | None = None,
+                      timeout: float | None = None, sandbox: bool = True) -> Any:
+    """Limits from a :func:`calibrate` result; an explicit ``cell_timeout`` or ``timeout`` overrides its part."""
+    from cnncourse.grading.autograde import Limits
+
+    cell = cell_timeout or round(max(cell_floor, factor * calibration["slowest"]["cpu_s"]), 1)
+    total = timeout or round(max(total_floor, factor * calibration["cpu_s"], cell), 1)
+    given = [name for name, v in (("--cell-timeout", cell_timeout), ("--timeout", timeout)) if v]
+    source = (f"calibrated on {calibration['lab']}: {factor:g} x reference CPU time (slowest cell "
+              f"{calibration['slowest']['cpu_s']:.1f} s, all {calibration['cpu_s']:.1f} s), floors "
+              f"{cell_floor:g} s / {total_floor:g} s" + (f"; given {', '.join(given)}" if given else ""))
+    return Limits(timeout=total, cell_timeout=cell, memory_mb=memory_mb, wall_factor=wall_factor, source=source,
+                  sandbox=sandbox)
+
+
+def resolve_limits(lab_path: str | os.PathLike, *, timeout: float | None = None, cell_timeout: float | None = None,
+                   memory_mb: int | None = 4096, wall_factor: float = WALL_FACTOR, progress: bool = True,
+                   sandbox: bool = True) -> Any:
+    """The limits to grade ``lab_path`` with: the given ones if both are given, else calibrated ones."""
+    from cnncourse.grading.autograde import Limits
+
+    if timeout and cell_timeout:
+        return Limits(timeout=timeout, cell_timeout=cell_timeout, memory_mb=memory_mb, wall_factor=wall_factor,
+                      source="given", sandbox=sandbox)
+    calibration = calibrate(lab_path, memory_mb=memory_mb, progress=progress, sandbox=sandbox)
+    return calibrated_limits(calibration, memory_mb=memory_mb, wall_factor=wall_factor, cell_timeout=cell_timeout,
+                             timeout=timeout, sandbox=sandbox)
+
