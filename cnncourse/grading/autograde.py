@@ -37,8 +37,8 @@ from typing import Any, Callable
 
 import nbformat
 
-from cnncourse.grading.harness import GraderChannel, lab_imports, run_test, warm_up
 from cnncourse.grading import limits as _limits
+from cnncourse.grading.harness import GraderChannel, lab_imports, run_test, warm_up
 from cnncourse.grading.release import BEGIN_HIDDEN, find_regions
 from cnncourse.grading.rpc import PeerGone, PeerTimeout
 

@@ -424,6 +424,9 @@ class Channel:
     def answer(self, body: Any, blobs: list[bytes]) -> None:
         """Serve one request from the other end and send the reply (a value or an error)."""
         out: list[bytes] = []
+        # The trusted end lets KeyboardInterrupt/SystemExit through; the student's end answers them too
+        # (sys.exit in student code must not kill the agent).
+        catch: type[BaseException] = Exception if self.trusted else BaseException
         try:
             if type(body) is not dict:
                 raise ProtocolError("malformed request")
@@ -432,7 +435,7 @@ class Channel:
             with torch.set_grad_enabled(body.get("grad") is not False):
                 result = self.perform(op, target, args, body.get("forbid") or [])
             reply = {"kind": "res", "value": self.encode(result, out, force=op == "value")}
-        except (Exception if self.trusted else BaseException) as exc:  # noqa: BLE001  (sys.exit in student code too)
+        except catch as exc:
             out = []
             reply = {"kind": "res", "error": [type(exc).__name__, str(exc)[:2000]]}
         self._send(reply, out)
@@ -453,7 +456,8 @@ def make_exception(type_name: str, message: str) -> Exception:
     if type_name == "DelegationError":
         return DelegationError(message)
     cls = getattr(builtins, type_name, None)
-    if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, (StopIteration, StopAsyncIteration)):
+    stops = (StopIteration, StopAsyncIteration)
+    if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, stops):
         try:
             return cls(message)
         except Exception:  # noqa: BLE001

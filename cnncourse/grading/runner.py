@@ -22,6 +22,7 @@ from typing import Any
 
 from cnncourse.grading.rpc import Channel, apply_op
 
+
 class _KernelChannel(Channel):
     """Serves every request on the notebook's objects; ``forbid`` names are blocked during a call."""
 
