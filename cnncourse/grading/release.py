@@ -125,18 +125,9 @@ def add_install_cell(nb: nbformat.NotebookNode, requirement: str | None = None) 
     ``pip install`` of ``requirement``, by default the tagged release of this package's version
     from the repository: the one place that names where a released lab installs from.
     """
-    from cnncourse import __version__
-
     if not (nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")):
         return nb
-    requirement = requirement or f"cnncourse @ git+https://github.com/cnncourse/cnncourse@v{__version__}"
-    source = (
-        "# Colab or a fresh machine: install the course package if this kernel cannot import it.\n"
-        "import importlib.util, subprocess, sys\n"
-        "\n"
-        'if importlib.util.find_spec("cnncourse") is None:\n'
-        f'    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", {requirement!r}])'
-    )
+    source = install_cell_source(requirement)
     cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["install"]})
     if nb.nbformat_minor >= 5:
         cell.id = "install-cnncourse"  # stable, so re-released labs do not differ
@@ -144,6 +135,24 @@ def add_install_cell(nb: nbformat.NotebookNode, requirement: str | None = None) 
         cell.pop("id", None)  # cell ids exist from nbformat 4.5 on
     nb.cells.insert(1, cell)
     return nb
+
+
+def install_cell_source(requirement: str | None = None) -> str:
+    """The source of the install cell that :func:`add_install_cell` puts into every released lab.
+
+    The grader's integrity scan recognises this exact text as the course's own cell, so a submission
+    that keeps it is not flagged for importing ``subprocess``.
+    """
+    from cnncourse import __version__
+
+    requirement = requirement or f"cnncourse @ git+https://github.com/cnncourse/cnncourse@v{__version__}"
+    return (
+        "# Colab or a fresh machine: install the course package if this kernel cannot import it.\n"
+        "import importlib.util, subprocess, sys\n"
+        "\n"
+        'if importlib.util.find_spec("cnncourse") is None:\n'
+        f'    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", {requirement!r}])'
+    )
 
 
 def release(sources: list[str | os.PathLike], out: str | os.PathLike) -> list[Path]:

@@ -265,7 +265,10 @@ def scan_notebook(nb: Any, test_ids: Iterable[str] = (), known_ids: Iterable[str
             the student's copy (which imports the check helpers) is not scanned.
         known_ids: every ``grade_id`` of the source lab, to flag cells that claim an unknown one.
     """
+    from cnncourse.grading.release import install_cell_source
+
     test_ids = set(test_ids)
+    course_cell = install_cell_source()  # the released labs' own install cell, kept verbatim
     cells = list(nb.get("cells", []))
     flags = list(_metadata_flags(cells, test_ids, None if known_ids is None else set(known_ids)))
     for index, cell in enumerate(cells):
@@ -273,6 +276,8 @@ def scan_notebook(nb: Any, test_ids: Iterable[str] = (), known_ids: Iterable[str
             continue
         meta = cell.get("metadata", {}).get("nbgrader", {})
         if isinstance(meta, dict) and meta.get("grade_id") in test_ids:
+            continue
+        if str(cell["source"]).strip() == course_cell.strip():
             continue
         for code, line, what in scan_source(str(cell["source"])):
             flags.append(f"{code} (cell {index}, line {line}): {what}")
