@@ -121,7 +121,17 @@ def hidden_paths(lab: str | os.PathLike, submission: str | os.PathLike, extra: I
         root = _source_root(anchor)
         if root is not None:
             paths.extend(_checkouts(root))
+            paths.extend(_sibling_courses(root))
     return list(dict.fromkeys(paths))
+
+
+def _sibling_courses(root: Path) -> list[Path]:
+    """Other copies of the course beside ``root`` (a second clone holds the same source labs)."""
+    try:
+        return [p for p in root.parent.iterdir()
+                if p != root and p.is_dir() and (p / "cnncourse" / "grading").is_dir() and (p / "labs").is_dir()]
+    except OSError:
+        return []
 
 
 def _matplotlib_home(workdir: Path) -> str:

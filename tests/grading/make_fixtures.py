@@ -69,8 +69,12 @@ def _student(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 def _solved(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The student release with every solution stub replaced by the source lab's solution."""
     out = _student(nb)
-    for src, cell in zip(nb.cells, out.cells):
-        if src.get("metadata", {}).get("nbgrader", {}).get("solution"):
+    # Matched by grade_id, not position: the release inserts an install cell after the title.
+    sources = {src.metadata["nbgrader"]["grade_id"]: src for src in nb.cells
+               if src.get("metadata", {}).get("nbgrader", {}).get("solution")}
+    for cell in out.cells:
+        src = sources.get(cell.get("metadata", {}).get("nbgrader", {}).get("grade_id"))
+        if src is not None:
             cell.source = "\n".join(line for line in src.source.splitlines()
                                     if line.strip() not in ("### BEGIN SOLUTION", "### END SOLUTION"))
     return out
