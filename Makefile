@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JB_FLAGS := -W -n --keep-going
 export PYTHONHASHSEED := 0
-# Never export MPLBACKEND here: kernels inherit it, and ipykernel then skips its inline backend,
+# Never export matplotlib's backend variable here: kernels inherit it, and ipykernel then skips its inline backend,
 # so notebooks (the book, `make lab`) draw no figures. Unit tests choose Agg in tests/conftest.py.
 # Notebooks run with their own folder as working directory (nbval, the book, the grader's
 # kernels), so a relative data path such as CI's ../shared/data is made absolute here.

@@ -130,9 +130,11 @@ def test_hanging_and_exiting_kernels_end_within_the_limits(hostile_run):
     out, _, _ = hostile_run
     hang = _record(out, "signals_then_hang")
     # It sleeps, so the wall-clock ceiling (2 x 8 s of CPU) ends it, twice: the re-run confirms the timeout.
-    assert "per-cell wall-clock ceiling of 16 s" in hang["reason"] and hang["elapsed"] < 90, hang["reason"]
+    assert "per-cell wall-clock ceiling of 16 s" in hang["reason"], hang["reason"]
     assert hang["rerun"] and [a["status"] for a in hang["attempts"]] == ["timeout", "timeout"]
-    assert _record(out, "atexit_sleeps")["elapsed"] < 90
+    # A sleeping atexit hook must not hold the grader: the record is complete (the run itself is bounded by
+    # pytest's per-test timeout, not by a timing assertion here).
+    assert _record(out, "atexit_sleeps")["status"] == "ok"
 
 
 def test_no_submission_changes_another_ones_result_jobs_2(hostile_run):
