@@ -179,3 +179,44 @@ def test_a_resumed_sandboxed_run_regrades_what_was_graded_without_the_sandbox(tm
                     on_record=lambda r: graded.append(r["sandbox"]))
     assert graded == [False, True]
     assert json.loads((tmp_path / "out" / "broken.json").read_text())["sandbox"] is True
+
+
+FIND_SOLUTIONS = r'''
+import json, os, sys
+found = []
+for folder, dirs, files in os.walk("/"):
+    if folder == "/":
+        dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
+    for name in files:
+        if name.endswith(".ipynb"):
+            try:
+                text = open(os.path.join(folder, name), errors="replace").read()
+                if "BEGIN SOLUTION" in text and "cnncourse" in text:
+                    found.append(os.path.join(folder, name))
+            except OSError:
+                pass
+print(json.dumps(found))
+'''
+
+
+@needs_bwrap
+def test_no_source_lab_is_readable_anywhere_in_the_sandbox(tmp_path):
+    """Hiding is an allow-list: a course copy in a folder no rule names (here a new folder in the home
+    directory, as CI's clone beside another checkout once was) is out of sight too."""
+    import shutil
+    import uuid
+
+    decoy = Path.home() / f".cnncourse-decoy-{uuid.uuid4().hex[:8]}" / "labs" / LAB00.name
+    decoy.parent.mkdir(parents=True)
+    try:
+        shutil.copy(LAB00, decoy)
+        assert "BEGIN SOLUTION" in decoy.read_text()                 # readable outside the sandbox
+        work = tmp_path / "w"
+        work.mkdir()
+        prefix = sandbox.bwrap_prefix(work, work, sandbox.hidden_paths(LAB00, tmp_path / "subs" / "a.ipynb"))
+        done = subprocess.run([*prefix, sys.executable, "-c", FIND_SOLUTIONS], check=False, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout.splitlines()[-1]) == []
+    finally:
+        shutil.rmtree(decoy.parents[1])

@@ -12,9 +12,12 @@ line. Inside the sandbox the kernel sees:
 - its own PID, IPC and UTS namespaces, no capabilities, and death with its parent: when the
   grader kills ``bwrap``, every process in the sandbox dies, including a forked child that
   called ``setsid``;
-- empty folders in place of the source lab's folder, the submissions, the output folder and
-  the course's source tree (its ``.git`` and ``labs/`` hold solutions and hidden tests), except
-  for the package, the virtual environment and the data the kernel needs to run.
+- empty folders in place of everything outside the operating system's own folders (``/usr``,
+  ``/etc``, ``/var`` …): ``/home``, ``/root``, ``/opt``, ``/srv``, ``/mnt`` and any other top-level
+  folder where a copy of the course (its ``labs/`` hold solutions and hidden tests), another
+  submission or the output folder could live. Only the package, the Python installation, the
+  data and torch's weight cache stay visible there. The source lab's folder, the submissions and
+  the output folder are hidden even inside the system folders.
 
 Reference: bubblewrap's manual, https://github.com/containers/bubblewrap/blob/main/bwrap.xml
 """
@@ -86,15 +89,32 @@ def _checkouts(root: Path) -> list[Path]:
     return found
 
 
+# Top-level folders of the operating system, visible (read-only) in the sandbox. Every other top-level
+# entry is hidden: an allow-list, because a list of places a course copy might be can never be complete.
+SYSTEM_ROOTS = frozenset({"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "nix", "proc", "run",
+                          "sbin", "sys", "tmp", "usr", "var"})
+
+
 def needed_paths() -> list[Path]:
-    """Folders the kernel must still see: the ``cnncourse`` package, the Python installation and the data."""
+    """Folders the kernel must still see: the ``cnncourse`` package, the Python installation, the data
+    (``$CNNCOURSE_DATA`` and the download cache) and torch's cache of pretrained weights."""
     import cnncourse
+    from cnncourse.data import CACHE_ROOT, ENV_VAR
 
     paths = [_real(Path(cnncourse.__file__).parent), _real(sys.prefix), _real(sys.base_prefix),
              _real(sys.executable).parent]
-    if os.environ.get("CNNCOURSE_DATA"):
-        paths.append(_real(os.environ["CNNCOURSE_DATA"]))
-    return paths
+    optional = [CACHE_ROOT, Path(os.environ.get("TORCH_HOME", "~/.cache/torch")).expanduser() / "hub"]
+    if os.environ.get(ENV_VAR):
+        optional.append(Path(os.environ[ENV_VAR]))
+    return paths + [_real(p) for p in optional if p.is_dir()]
+
+
+def outside_system(root: Path = Path("/")) -> list[Path]:
+    """The top-level entries of ``root`` that are not operating-system folders (see ``SYSTEM_ROOTS``)."""
+    try:
+        return [_real(p) for p in sorted(root.iterdir()) if p.name not in SYSTEM_ROOTS and not p.is_symlink()]
+    except OSError:
+        return []
 
 
 def _mask(path: Path, keep: list[Path]) -> Iterator[tuple[str, ...]]:
@@ -110,13 +130,14 @@ def _mask(path: Path, keep: list[Path]) -> Iterator[tuple[str, ...]]:
 
 def hidden_paths(lab: str | os.PathLike, submission: str | os.PathLike, extra: Iterable[str | os.PathLike] = ()
                  ) -> list[Path]:
-    """What a kernel must not see: the source lab's folder and checkout, the submission's folder, ``extra``
-    (other submissions, the output folder), and the checkouts ``cnncourse`` and the Python environment come
-    from, with every other ``git worktree`` of them."""
+    """What a kernel must not see: every top-level folder outside the operating system's (:func:`outside_system`),
+    and, wherever they are, the source lab's folder and checkout, the submission's folder, ``extra`` (other
+    submissions, the output folder), and the checkouts ``cnncourse`` and the Python environment come from,
+    with every other ``git worktree`` of them and sibling clones of the course."""
     import cnncourse
 
     lab, submission = _real(lab), _real(submission)
-    paths = [lab.parent, submission.parent, *(_real(p) for p in extra)]
+    paths = [*outside_system(), lab.parent, submission.parent, *(_real(p) for p in extra)]
     for anchor in (lab, _real(Path(cnncourse.__file__).parent), _real(sys.prefix)):
         root = _source_root(anchor)
         if root is not None:
