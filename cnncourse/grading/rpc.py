@@ -33,15 +33,17 @@ from typing import Any, Callable
 
 import torch
 
+from cnncourse.grading.proxy import BINARY, Proxy, plain_tensor, type_name
+
+__all__ = ["Channel", "GRADER_ATTRS", "PeerGone", "PeerTimeout", "ProtocolError", "Proxy", "RemoteError", "apply_op",
+           "make_exception", "plain_tensor"]
+
 MAX_DEPTH = 64
 MAX_ITEMS = 1_000_000
 MAX_BYTES = 1 << 30            # 1 GiB in one message
 _DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
     torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128)}
-# Operators a proxy forwards; names of functions in ``operator``.
-BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and_", "or_", "xor",
-          "lt", "le", "gt", "ge", "eq", "ne", "contains", "getitem")
 # What the kernel may do with an object the grader passed to it (a model or a function of the test).
 GRADER_ATTRS = frozenset({"eval", "train", "training", "forward", "to", "float", "double", "parameters",
                           "named_parameters", "zero_grad", "requires_grad_"})
@@ -62,144 +64,6 @@ class PeerGone(Exception):
 class RemoteError(Exception):
     """An exception raised on the other end that has no builtin equivalent here; the message names its type."""
 
-
-def _type_name(obj: Any) -> str:
-    cls = type(obj)
-    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls.__name__)}"
-
-
-class Proxy:
-    """A stand-in for an object that lives on the other end of a :class:`Channel`.
-
-    Reading an attribute, calling, indexing, iterating, comparing or printing it sends a
-    request; the result comes back by value when it is plain data, else as another proxy.
-    Passed to a ``torch`` function, it is first fetched by value (so a student's
-    ``nn.Parameter`` works as a tensor in the test's arithmetic).
-    """
-
-    __slots__ = ("_cg_channel", "_cg_id", "_cg_type")
-
-    def __init__(self, channel: "Channel", handle: int, type_name: str) -> None:
-        object.__setattr__(self, "_cg_channel", channel)
-        object.__setattr__(self, "_cg_id", handle)
-        object.__setattr__(self, "_cg_type", type_name)
-
-    def _cg(self, op: str, *args: Any) -> Any:
-        return self._cg_channel.request(op, self, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_cg_"):
-            raise AttributeError(name)
-        return self._cg("getattr", name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self._cg("setattr", name, value)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._cg("call", list(args), kwargs)
-
-    def __iter__(self):
-        return iter(self._cg("iter"))
-
-    def __next__(self) -> Any:
-        item = self._cg("next")
-        if type(item) is not list or len(item) > 1:
-            raise TypeError(f"next() of a {self._cg_type} returned malformed data")
-        if not item:
-            raise StopIteration
-        return item[0]
-
-    def __len__(self) -> int:
-        n = self._cg("len")
-        if type(n) is not int:
-            raise TypeError(f"len() of a {self._cg_type} returned {type(n).__name__}")
-        return n
-
-    def __bool__(self) -> bool:
-        return self._cg("bool") is True
-
-    def __repr__(self) -> str:
-        text = self._cg("repr")
-        return text if type(text) is str else f"<{self._cg_type}>"
-
-    def __str__(self) -> str:
-        text = self._cg("str")
-        return text if type(text) is str else f"<{self._cg_type}>"
-
-    def __format__(self, spec: str) -> str:
-        text = self._cg("format", spec)
-        return text if type(text) is str else f"<{self._cg_type}>"
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self._cg("setitem", key, value)
-
-    def __hash__(self) -> int:
-        return hash((id(self._cg_channel), self._cg_id))
-
-    @property
-    def __class__(self):  # noqa: D105  (isinstance(proxy, nn.Conv2d) and x.__class__.__name__ ask this)
-        cls = self._cg_channel.local_class(self._cg_type)
-        return cls if cls is not None else _stub_class(self._cg_type)
-
-    @classmethod
-    def __torch_function__(cls, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        return func(*_materialise(args), **_materialise(kwargs or {}))
-
-    def _cg_value(self) -> Any:
-        return self._cg("value")
-
-
-_STUBS: dict[str, type] = {}
-
-
-def _stub_class(type_name: str) -> type:
-    """A local class named like the remote object's class (for messages), deriving only from :class:`Proxy`."""
-    cls = _STUBS.get(type_name)
-    if cls is None:
-        name = type_name.rpartition(".")[2]
-        if not name.isidentifier() or len(_STUBS) > 1000:
-            return Proxy
-        cls = _STUBS[type_name] = type(name, (Proxy,), {"__slots__": (), "__module__": "student"})
-    return cls
-
-
-def _binary(name: str, reflected: bool = False) -> Callable[[Proxy, Any], Any]:
-    def method(self: Proxy, other: Any) -> Any:
-        return self._cg("op", name, other, reflected)
-    return method
-
-
-for _name in BINARY:
-    if _name != "contains":
-        dunder = _name.rstrip("_")
-        setattr(Proxy, f"__{dunder}__", _binary(_name))
-        if _name not in ("lt", "le", "gt", "ge", "eq", "ne", "getitem"):
-            setattr(Proxy, f"__r{dunder}__", _binary(_name, reflected=True))
-Proxy.__contains__ = lambda self, item: self._cg("op", "contains", item, False) is True
-Proxy.__neg__ = lambda self: self._cg("op", "neg", None, False)
-Proxy.__abs__ = lambda self: self._cg("op", "abs", None, False)
-Proxy.__hash__ = lambda self: hash((id(self._cg_channel), self._cg_id))  # __eq__ above resets it
-
-
-def _materialise(value: Any) -> Any:
-    if type(value) is Proxy:
-        got = value._cg_value()
-        if type(got) is Proxy:
-            raise TypeError(f"a {value._cg_type} cannot be used as a tensor")
-        return got
-    if type(value) in (list, tuple):
-        return type(value)(_materialise(v) for v in value)
-    if type(value) is dict:
-        return {k: _materialise(v) for k, v in value.items()}
-    return value
-
-
-def plain_tensor(t: torch.Tensor) -> torch.Tensor:
-    """A detached, contiguous, CPU, exact ``torch.Tensor`` copy of ``t`` (any subclass)."""
-    t = torch.Tensor._make_subclass(torch.Tensor, t.detach()) if type(t) is not torch.Tensor else t.detach()
-    if t.layout != torch.strided:
-        t = t.to_dense()
-    return t.cpu().contiguous()
 
 
 class Channel:
@@ -302,7 +166,7 @@ class Channel:
             return {"$d": [[self.encode(k, blobs, force, depth + 1), self.encode(v, blobs, force, depth + 1)]
                            for k, v in value.items()]}
         self.objects[id(value)] = value
-        return {"$h": id(value), "type": _type_name(value)}
+        return {"$h": id(value), "type": type_name(value)}
 
     def decode(self, node: Any, blobs: list[bytes], depth: int = 0) -> Any:
         """Rebuild a value from :meth:`encode`'s form; every tensor is a fresh plain ``torch.Tensor``."""
