@@ -241,7 +241,7 @@ class _Kernel:
         except BaseException:
             self.kill()
             raise
-        provisioner = self.km.provisioner
+        provisioner: Any = self.km.provisioner            # a LocalProvisioner: it has the process
         self.meter = _limits.CpuMeter(provisioner.process.pid, getattr(provisioner, "pgid", None))
 
     def _on_executed(self, cell: Any, cell_index: int, execute_reply: dict[str, Any]) -> None:

@@ -66,7 +66,7 @@ def _local_class(type_name: str) -> Any:
     module_name, _, qualname = type_name.rpartition(".")
     if not module_name.startswith(_CLASS_ROOTS) or module_name not in sys.modules or "<" in qualname:
         return None
-    obj = sys.modules[module_name]
+    obj: Any = sys.modules[module_name]
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
     return obj if isinstance(obj, type) and issubclass(obj, torch.nn.Module) else None
@@ -126,7 +126,8 @@ class _CappedText(io.TextIOBase):
     """A text sink that keeps the first ``cap`` characters and counts the rest."""
 
     def __init__(self, cap: int = 2000) -> None:
-        self.cap, self.parts, self.size = cap, [], 0
+        self.cap, self.size = cap, 0
+        self.parts: list[str] = []
 
     def writable(self) -> bool:
         return True

@@ -94,7 +94,16 @@ class Proxy:
     def __hash__(self) -> int:
         return hash((id(self._cg_channel), self._cg_id))
 
-    @property
+    def __contains__(self, item: Any) -> bool:
+        return self._cg("op", "contains", item, False) is True
+
+    def __neg__(self) -> Any:
+        return self._cg("op", "neg", None, False)
+
+    def __abs__(self) -> Any:
+        return self._cg("op", "abs", None, False)
+
+    @property  # type: ignore[misc]  # a read-only __class__: the remote object's class, asked by isinstance()
     def __class__(self):  # noqa: D105  (isinstance(proxy, nn.Conv2d) and x.__class__.__name__ ask this)
         cls = self._cg_channel.local_class(self._cg_type)
         return cls if cls is not None else _stub_class(self._cg_type)
@@ -133,10 +142,6 @@ for _name in BINARY:
         setattr(Proxy, f"__{dunder}__", _binary(_name))
         if _name not in ("lt", "le", "gt", "ge", "eq", "ne", "getitem"):
             setattr(Proxy, f"__r{dunder}__", _binary(_name, reflected=True))
-Proxy.__contains__ = lambda self, item: self._cg("op", "contains", item, False) is True
-Proxy.__neg__ = lambda self: self._cg("op", "neg", None, False)
-Proxy.__abs__ = lambda self: self._cg("op", "abs", None, False)
-Proxy.__hash__ = lambda self: hash((id(self._cg_channel), self._cg_id))  # __eq__ above resets it
 
 
 def _materialise(value: Any) -> Any:

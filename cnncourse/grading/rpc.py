@@ -35,6 +35,9 @@ import torch
 
 from cnncourse.grading.proxy import BINARY, Proxy, plain_tensor, type_name
 
+# A tensor's raw bytes on the wire: sent without a copy (memoryview), received into a bytearray.
+Blob = bytes | bytearray | memoryview
+
 __all__ = ["Channel", "GRADER_ATTRS", "PeerGone", "PeerTimeout", "ProtocolError", "Proxy", "RemoteError", "apply_op",
            "make_exception", "plain_tensor"]
 
@@ -116,7 +119,7 @@ class Channel:
             got += k
         return buf
 
-    def _recv(self) -> tuple[Any, list[bytes]]:
+    def _recv(self) -> tuple[Any, list[Blob]]:
         n_head, n_blobs = struct.unpack("!II", self._recv_exact(8))
         if n_head > 64 << 20 or n_blobs > MAX_ITEMS:
             raise ProtocolError("message header too large")
@@ -124,7 +127,8 @@ class Channel:
             header = json.loads(bytes(self._recv_exact(n_head)))
         except ValueError:
             raise ProtocolError("unreadable message header") from None
-        blobs, total = [], 0
+        blobs: list[Blob] = []
+        total = 0
         for _ in range(n_blobs):
             (size,) = struct.unpack("!Q", self._recv_exact(8))
             total += size
@@ -134,7 +138,7 @@ class Channel:
         return header, blobs
 
     # ------------------------------------------------------------------ values
-    def encode(self, value: Any, blobs: list[bytes], force: bool = False, depth: int = 0) -> Any:
+    def encode(self, value: Any, blobs: list[Blob], force: bool = False, depth: int = 0) -> Any:
         """Plain data as tagged JSON (tensors appended to ``blobs``); other objects as handles."""
         if depth > MAX_DEPTH:
             raise ValueError("value nested too deeply to send")
@@ -150,7 +154,7 @@ class Channel:
             name = str(plain.dtype).removeprefix("torch.")
             if name not in _DTYPES:
                 raise TypeError(f"cannot send a tensor of dtype {plain.dtype}")
-            blobs.append(memoryview(plain.reshape(-1).view(torch.uint8).numpy()) if plain.numel() else b"")
+            blobs.append(plain.reshape(-1).view(torch.uint8).numpy().data if plain.numel() else b"")
             return {"$t": len(blobs) - 1, "dtype": name, "shape": list(plain.shape)}
         if t is torch.dtype:
             return {"$dt": str(value).removeprefix("torch.")}
@@ -168,7 +172,7 @@ class Channel:
         self.objects[id(value)] = value
         return {"$h": id(value), "type": type_name(value)}
 
-    def decode(self, node: Any, blobs: list[bytes], depth: int = 0) -> Any:
+    def decode(self, node: Any, blobs: list[Blob], depth: int = 0) -> Any:
         """Rebuild a value from :meth:`encode`'s form; every tensor is a fresh plain ``torch.Tensor``."""
         if depth > MAX_DEPTH:
             raise ProtocolError("value nested too deeply")
@@ -229,7 +233,7 @@ class Channel:
         return value
 
     @staticmethod
-    def _tensor(node: dict, blobs: list[bytes]) -> torch.Tensor:
+    def _tensor(node: dict, blobs: list[Blob]) -> torch.Tensor:
         index, dtype, shape = node.get("$t"), node.get("dtype"), node.get("shape")
         if type(index) is not int or not 0 <= index < len(blobs) or dtype not in _DTYPES \
                 or type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
@@ -255,7 +259,7 @@ class Channel:
 
         While waiting, answer the other end's own requests (calls back into objects we passed).
         """
-        blobs: list[bytes] = []
+        blobs: list[Blob] = []
         body = {"op": op, "target": self.encode(target, blobs),
                 "args": [self.encode(a, blobs) for a in args], "forbid": list(self.forbidden),
                 "grad": torch.is_grad_enabled()}
@@ -277,7 +281,7 @@ class Channel:
             else:
                 raise ProtocolError(f"unexpected message kind {kind!r}")
 
-    def _result(self, header: dict, blobs: list[bytes]) -> Any:
+    def _result(self, header: dict, blobs: list[Blob]) -> Any:
         if "error" in header:
             err = header["error"]
             if type(err) is not list or len(err) != 2 or not all(type(e) is str for e in err):
@@ -285,9 +289,9 @@ class Channel:
             raise make_exception(err[0][:100], err[1][:2000])
         return self.decode(header.get("value"), blobs)
 
-    def answer(self, body: Any, blobs: list[bytes]) -> None:
+    def answer(self, body: Any, blobs: list[Blob]) -> None:
         """Serve one request from the other end and send the reply (a value or an error)."""
-        out: list[bytes] = []
+        out: list[Blob] = []
         # The trusted end lets KeyboardInterrupt/SystemExit through; the student's end answers them too
         # (sys.exit in student code must not kill the agent).
         catch: type[BaseException] = Exception if self.trusted else BaseException
@@ -304,7 +308,7 @@ class Channel:
             reply = {"kind": "res", "error": [type(exc).__name__, str(exc)[:2000]]}
         self._send(reply, out)
 
-    def perform(self, op: str, target: Any, args: list, forbid: list) -> Any:  # pragma: no cover - overridden
+    def perform(self, op: Any, target: Any, args: list, forbid: list) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def local_class(self, type_name: str) -> Any:

@@ -124,7 +124,8 @@ def _findings(tree: ast.AST) -> Iterator[tuple[str, int, str]]:
                         yield code, line, f"imports {name}"
                 if name.startswith(("sys.settrace", "sys.setprofile", "sys.modules", "inspect.currentframe",
                                     "inspect.stack", "os.fork", "signal.signal", "os.kill", "os.system")):
-                    yield _ATTRS.get(tuple(name.split(".", 1)), "process"), line, f"imports {name}"
+                    head, _, tail = name.partition(".")
+                    yield _ATTRS.get((head, tail), "process"), line, f"imports {name}"
         elif isinstance(node, ast.Attribute):
             dotted = _dotted(node)
             head = dotted.split(".")[0]
@@ -133,9 +134,9 @@ def _findings(tree: ast.AST) -> Iterator[tuple[str, int, str]]:
                 yield "grader-internals", line, full
             parts = full.split(".")
             for i in range(len(parts) - 1):
-                code = _ATTRS.get((parts[i], parts[i + 1]))
-                if code:
-                    yield code, line, full
+                found = _ATTRS.get((parts[i], parts[i + 1]))
+                if found:
+                    yield found, line, full
             if node.attr in _ANY_ATTRS:
                 yield _ANY_ATTRS[node.attr], line, f".{node.attr}"
             if node.attr == "events" and dotted.startswith("get_ipython()"):
