@@ -133,6 +133,10 @@ def test_calibration_is_cached_per_lab_and_redone_when_the_lab_changes(cache, tm
         m.setattr(autograde, "grade_submission", no_kernel)
         again = L.calibrate(CONV_LAB, progress=False)
     assert again["cached"] and again["steps"] == first["steps"]
+    with monkeypatch.context() as m:                            # without the sandbox: measured afresh
+        m.setattr(autograde, "grade_submission", no_kernel)
+        with pytest.raises(AssertionError, match="must not run the lab again"):
+            L.calibrate(CONV_LAB, progress=False, sandbox=False)
 
     changed = tmp_path / "conv_lab.ipynb"
     changed.write_text(CONV_LAB.read_text().replace("(3 points)", "(three points)"))

@@ -266,8 +266,9 @@ def cache_dir() -> Path:
     return Path(base) / "cnncourse" / "calibration"
 
 
-def _cache_file(lab: Any, machine: dict[str, Any], folder: Path) -> Path:
-    fp = hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:12]
+def _cache_file(lab: Any, machine: dict[str, Any], sandbox: bool, folder: Path) -> Path:
+    # The sandbox is part of the key: bwrap's namespaces and mounts change a kernel's start-up cost.
+    fp = hashlib.sha256(json.dumps(dict(machine, sandbox=sandbox), sort_keys=True).encode()).hexdigest()[:12]
     return folder / f"{lab.name}-{lab.sha256[:16]}-{fp}.json"
 
 
@@ -277,8 +278,8 @@ def calibrate(lab_path: str | os.PathLike, *, memory_mb: int | None = 4096, fold
 
     The source lab is graded as if it were a submission (same kernel, same tests) under
     generous limits. The result is cached under :func:`cache_dir` (or ``folder``) keyed by
-    the lab's SHA-256 and :func:`machine_fingerprint`, so a changed lab or another machine
-    is measured afresh. The returned dict has ``cpu_s`` (whole run), ``slowest`` (the
+    the lab's SHA-256, :func:`machine_fingerprint` and ``sandbox``, so a changed lab, another
+    machine or a switch to or from the sandbox is measured afresh. The returned dict has ``cpu_s`` (whole run), ``slowest`` (the
     step, its ``cpu_s`` and ``wall_s``), ``steps``, and ``cached`` (whether it was reused).
 
     Raises:
@@ -288,11 +289,11 @@ def calibrate(lab_path: str | os.PathLike, *, memory_mb: int | None = 4096, fold
 
     lab = load_lab(lab_path)
     machine = machine_fingerprint()
-    path = _cache_file(lab, machine, Path(folder) if folder else cache_dir())
+    path = _cache_file(lab, machine, sandbox, Path(folder) if folder else cache_dir())
     try:
         data = json.loads(path.read_text("utf-8"))
         if (data.get("schema") == CALIBRATION_SCHEMA and data.get("lab_sha256") == lab.sha256
-                and data.get("machine") == machine and isinstance(data.get("steps"), list) and data["steps"]):
+                and data.get("machine") == machine and data.get("sandbox") is sandbox and isinstance(data.get("steps"), list) and data["steps"]):
             return dict(data, cached=True, file=str(path))
     except (OSError, ValueError, AttributeError):
         pass
@@ -309,7 +310,7 @@ def calibrate(lab_path: str | os.PathLike, *, memory_mb: int | None = 4096, fold
                          f"failed: {', '.join(failed) or 'none'}); fix the lab or give --timeout and --cell-timeout")
     steps = record["timing"]["steps"]
     data = {"schema": CALIBRATION_SCHEMA, "lab": lab.name, "lab_sha256": lab.sha256, "machine": machine,
-            "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "loadavg": loadavg(),
+            "sandbox": sandbox, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "loadavg": loadavg(),
             "cpu_s": record["timing"]["cpu_s"], "wall_s": record["timing"]["wall_s"],
             "slowest": max(steps, key=lambda s: s["cpu_s"]), "steps": steps}
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
