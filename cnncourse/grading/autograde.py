@@ -274,7 +274,6 @@ class _Kernel:
         """
         return _limits.Watchdog(self.meter, math.inf if cpu is None else cpu,
                                 lambda: _limits.kill_tree(self.meter.root, self.meter.pgid))
-        return self.reply
 
     def connect(self, timeout: float) -> GraderChannel:
         """Start the agent in the kernel (before any student code) and return the grader's end of its socket."""
