@@ -11,8 +11,14 @@ import nbformat
 import pytest
 
 from cnncourse.grading.autograde import plan
-from cnncourse.grading.release import (BEGIN_HIDDEN, END_HIDDEN, is_selfcheck_cell, release, selfcheck_cell_source,
-                                       student_version)
+from cnncourse.grading.release import (
+    BEGIN_HIDDEN,
+    END_HIDDEN,
+    is_selfcheck_cell,
+    release,
+    selfcheck_cell_source,
+    student_version,
+)
 from cnncourse.grading.selfcheck import SelfCheck, SelfCheckError, check, questions, report_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +99,7 @@ def test_deleted_test_cells_are_reported_missing_without_running(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_cli_runs_the_public_tests_and_prints_the_graders_table(tmp_path):
-    """One kernel run: a passing question whose test cell was edited, a wrong answer, a question with hidden tests only."""
+    """One kernel run: a passing question with an edited test cell, a wrong answer, a question with only hidden tests."""
     source = nbformat.read(LAB00, as_version=4)
     extra = nbformat.v4.new_code_cell(f"{BEGIN_HIDDEN}\nassert to_nchw(torch.zeros(1, 2, 3, 4)).shape == (1, 4, 2, 3)"
                                       f"\n{END_HIDDEN}", metadata={"nbgrader": {
@@ -110,7 +116,8 @@ def test_cli_runs_the_public_tests_and_prints_the_graders_table(tmp_path):
     assert proc.returncode == 1, out + proc.stderr
     assert re.search(r"^question\s+result\s+points\s+feedback$", out, re.M), out
     assert [line.split()[:4] for line in out.splitlines() if line.startswith("test_") and " / " in line] == [
-        ["test_to_nchw", "passed", "2", "/"], ["test_normalize", "FAILED", "0", "/"], ["test_extra", "hidden", "?", "/"]]
+        ["test_to_nchw", "passed", "2", "/"], ["test_normalize", "FAILED", "0", "/"],
+        ["test_extra", "hidden", "?", "/"]]
     assert "public tests: 2 / 4 points; 1 more points are graded only by hidden tests (lab total 5)" in out
     assert "SELF-CHECK FAILED ON 1 QUESTION(S)" in out and "test_normalize failed:" in out
     assert "THE CONTENTS OF 1 TEST CELL(S) HAVE CHANGED: test_to_nchw" in out

@@ -12,8 +12,14 @@ from typing import Any
 def _cmd_grade(args: argparse.Namespace) -> int:
     from cnncourse.grading.limits import resolve_limits
     from cnncourse.grading.release import MarkerError
-    from cnncourse.grading.report import (_fmt, find_submissions, grade_batch, questions_table, require_sandbox,
-                                          summary_text)
+    from cnncourse.grading.report import (
+        _fmt,
+        find_submissions,
+        grade_batch,
+        questions_table,
+        require_sandbox,
+        summary_text,
+    )
 
     positive = [v for v in (args.timeout, args.cell_timeout) if v is not None]
     if args.jobs < 1 or min(positive, default=1) <= 0 or args.wall_factor < 1 or (args.memory or 0) < 0:

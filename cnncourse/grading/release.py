@@ -163,7 +163,7 @@ SELFCHECK_TAG = "selfcheck"
 
 
 def selfcheck_cell_source(filename: str) -> str:
-    """The source of the self-check cell that :func:`add_selfcheck_cell` puts at the end of the released lab ``filename``.
+    """The source of the self-check cell that :func:`add_selfcheck_cell` appends to the released lab ``filename``.
 
     The kernel's working directory is the notebook's folder, so the cell names its own file.
     """
