@@ -99,7 +99,7 @@ def test_deleted_test_cells_are_reported_missing_without_running(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_cli_runs_the_public_tests_and_prints_the_graders_table(tmp_path):
-    """One kernel run: a passing question with an edited test cell, a wrong answer, a question with only hidden tests."""
+    """One kernel run: a pass with an edited test cell, a wrong answer, a question with only hidden tests."""
     source = nbformat.read(LAB00, as_version=4)
     extra = nbformat.v4.new_code_cell(f"{BEGIN_HIDDEN}\nassert to_nchw(torch.zeros(1, 2, 3, 4)).shape == (1, 4, 2, 3)"
                                       f"\n{END_HIDDEN}", metadata={"nbgrader": {
