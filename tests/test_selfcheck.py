@@ -19,6 +19,7 @@ from cnncourse.grading.release import (
     selfcheck_cell_source,
     student_version,
 )
+from cnncourse.grading.report import questions_table
 from cnncourse.grading.selfcheck import SelfCheck, SelfCheckError, check, questions, report_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +135,7 @@ def test_success_needs_every_public_test_and_a_finished_run():
                           "cell_errors": [], "total": q["points"], "max_total": 2.0}, **extra)
 
     assert result().ok and "Success! Your notebook passes all the public tests." in report_text(result())
+    assert questions_table(result().record) in report_text(result())  # the grader's own table
     for bad in (result(passed=False), result(status="crashed"), result(missing=["test_b"])):
         assert not bad.ok and "SELF-CHECK FAILED" in report_text(bad)
     assert "the run stopped: the kernel died" in report_text(result(status="crashed"))
