@@ -77,8 +77,16 @@ publish:
 labs: install
 	$(BIN)/python -m cnncourse assign labs/ --out release/
 
+# A student's JupyterLab on the released labs: labs missing from $(LAB_DIR) are released into it first, and a lab
+# already there is never overwritten (it holds the student's answers). LAB_FLAGS passes options to JupyterLab
+# (tests/test_jupyterlab.py passes a port, a token and --no-browser). Containers run as root: JupyterLab refuses
+# root unless told it is meant.
+LAB_DIR ?= release
 lab: install
-	$(BIN)/jupyter lab labs/
+	@mkdir -p "$(LAB_DIR)" && tmp=$$(mktemp -d) && $(BIN)/python -m cnncourse assign labs/ --out "$$tmp" >/dev/null && \
+	  for f in "$$tmp"/*.ipynb; do test -e "$(LAB_DIR)/$${f##*/}" || { mv "$$f" "$(LAB_DIR)/" && \
+	  echo "released $(LAB_DIR)/$${f##*/}"; }; done; rm -rf "$$tmp"
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_FLAGS) "$(LAB_DIR)"
 
 clean:
 	rm -rf _build release .pytest_cache

@@ -8,7 +8,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from cnncourse.grading.release import MarkerError, SOLUTION_PATTERN, release, student_version
+from cnncourse.grading.release import (MarkerError, SOLUTION_PATTERN, release, selfcheck_cell_source,
+                                       student_version)
+from cnncourse.grading.scan import scan_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS = sorted((ROOT / "labs").glob("*.ipynb"))
@@ -50,6 +52,14 @@ def test_student_version_has_no_solution_or_hidden_text(lab, tmp_path):
     assert "install" in nb.cells[1].metadata.get("tags", []), f"{lab.name}: the install cell must follow the title"
     tags = nb.cells[2].metadata.get("tags", [])
     assert "parameters" in tags, f"{lab.name}: the Settings cell after the title must be tagged 'parameters'"
+    # ... and ends with the self-check (nbgrader's Validate), naming its own file, which the grader neither
+    # runs nor flags; the notebook's metadata lists the graded questions and their points.
+    assert nb.cells[-1].source == selfcheck_cell_source(lab.name), f"{lab.name}: the self-check cell must come last"
+    assert "selfcheck" in nb.cells[-1].metadata.get("tags", []) and nb.cells[-2].cell_type == "markdown"
+    graded = [(c.metadata["nbgrader"]["grade_id"], c.metadata["nbgrader"]["points"]) for c in source.cells
+              if c.metadata.get("nbgrader", {}).get("grade")]
+    assert [(q["grade_id"], q["points"]) for q in nb.metadata["cnncourse"]["questions"]] == graded
+    assert not [f for f in scan_notebook(nb) if f"cell {len(nb.cells) - 1}," in f]
 
 
 @pytest.mark.parametrize("lab", LABS, ids=[p.name for p in LABS])

@@ -39,7 +39,7 @@ import nbformat
 
 from cnncourse.grading import limits as _limits
 from cnncourse.grading.harness import GraderChannel, lab_imports, run_test, warm_up
-from cnncourse.grading.release import BEGIN_HIDDEN, find_regions
+from cnncourse.grading.release import BEGIN_HIDDEN, find_regions, is_selfcheck_cell
 from cnncourse.grading.rpc import PeerGone, PeerTimeout
 
 SCHEMA = 1
@@ -167,7 +167,7 @@ def plan(lab: LabSpec, nb: nbformat.NotebookNode) -> tuple[list[tuple[str, Any]]
         if gid in tests:
             if not any(kind == "test" and t.grade_id == gid for kind, t in steps):
                 steps.append(("test", tests[gid]))
-        elif cell.source.strip():
+        elif cell.source.strip() and not is_selfcheck_cell(cell):  # the release's self-check cell is not run
             steps.append(("student", (index, cell.source)))
     missing = [gid for gid in lab.required_ids if gid not in seen]
     steps.extend(("test", t) for t in lab.tests if t.grade_id not in seen)

@@ -12,7 +12,14 @@ from typing import Any
 def _cmd_grade(args: argparse.Namespace) -> int:
     from cnncourse.grading.limits import resolve_limits
     from cnncourse.grading.release import MarkerError
-    from cnncourse.grading.report import find_submissions, grade_batch, require_sandbox, summary_text
+    from cnncourse.grading.report import (
+        _fmt,
+        find_submissions,
+        grade_batch,
+        questions_table,
+        require_sandbox,
+        summary_text,
+    )
 
     positive = [v for v in (args.timeout, args.cell_timeout) if v is not None]
     if args.jobs < 1 or min(positive, default=1) <= 0 or args.wall_factor < 1 or (args.memory or 0) < 0:
@@ -43,6 +50,9 @@ def _cmd_grade(args: argparse.Namespace) -> int:
         print("\ninterrupted: records written so far are kept; run the same command again to resume",
               file=sys.stderr)
         return 130
+    if len(records) == 1:  # one submission: its per-question table, as on its feedback page
+        print(f"{records[0]['student']}: {_fmt(records[0]['total'])} / {_fmt(records[0]['max_total'])}\n"
+              + questions_table(records[0]) + "\n")
     print(summary_text(records))
     print(f"\nwrote {Path(args.out) / 'gradebook.csv'}, {len(records)} records and feedback/ in {args.out}")
     return 0

@@ -14,6 +14,7 @@ nested marker is refused with the cell number, so a typo can never leak a soluti
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -113,6 +114,9 @@ def student_version(nb: nbformat.NotebookNode, path: str | os.PathLike = "<noteb
             cell.outputs, cell.execution_count = [], None
     nb.metadata.pop("widgets", None)
     add_install_cell(nb)
+    add_questions_metadata(nb)
+    if path != "<notebook>":
+        add_selfcheck_cell(nb, Path(path).name)
     return nb
 
 
@@ -153,6 +157,79 @@ def install_cell_source(requirement: str | None = None) -> str:
         'if importlib.util.find_spec("cnncourse") is None:\n'
         f'    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", {requirement!r}])'
     )
+
+
+SELFCHECK_TAG = "selfcheck"
+
+
+def selfcheck_cell_source(filename: str) -> str:
+    """The source of the self-check cell that :func:`add_selfcheck_cell` appends to the released lab ``filename``.
+
+    The kernel's working directory is the notebook's folder, so the cell names its own file.
+    """
+    return (
+        "# Self-check before you submit: SAVE this notebook first (File > Save Notebook, or Ctrl+S / Cmd+S).\n"
+        "# It runs the saved file from the top in a fresh kernel with the public tests, as the grader will,\n"
+        "# and prints your points per question. Questions marked \"hidden\" are graded only by tests you\n"
+        "# cannot see, and the grader's hidden tests can still take points from a question that passes here.\n"
+        "from cnncourse.grading.selfcheck import self_check\n"
+        "\n"
+        f"result = self_check({filename!r})"
+    )
+
+
+def is_selfcheck_cell(cell: dict) -> bool:
+    """Whether ``cell`` is a released lab's own self-check cell, kept verbatim (the grader skips it)."""
+    source = cell.get("source", "") if isinstance(cell, dict) else ""
+    match = re.search(r"self_check\((['\"])(.+?)\1\)\s*$", source) if isinstance(source, str) else None
+    return bool(match) and source.strip() == selfcheck_cell_source(match.group(2)).strip()
+
+
+def add_selfcheck_cell(nb: nbformat.NotebookNode, filename: str) -> nbformat.NotebookNode:
+    """Append the self-check cell (see :func:`selfcheck_cell_source`) to a lab that opens with a title and has tests."""
+    titled = nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    if not (titled and nb.metadata.get("cnncourse", {}).get("questions")):
+        return nb
+    text = nbformat.v4.new_markdown_cell(
+        "## Before you submit\n\n"
+        "Save the notebook (**File > Save Notebook**, or Ctrl+S / Cmd+S), then run the cell below. It runs your "
+        "saved notebook from the top in a fresh kernel with the public tests, the way the grader will, and prints "
+        "a table of your points per question. The same check from a terminal: "
+        f"`python -m cnncourse check {filename}`.")
+    cell = nbformat.v4.new_code_cell(selfcheck_cell_source(filename), metadata={"tags": [SELFCHECK_TAG]})
+    if nb.nbformat_minor >= 5:
+        text.id, cell.id = "selfcheck-text", "selfcheck-cnncourse"  # stable, so re-released labs do not differ
+    else:
+        text.pop("id", None)
+        cell.pop("id", None)
+    nb.cells.extend([text, cell])
+    return nb
+
+
+def cell_sha256(source: str) -> str:
+    """Checksum of a released test cell's source, for the self-check's "this test cell was changed" warning."""
+    return hashlib.sha256(source.strip().encode()).hexdigest()
+
+
+def add_questions_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Record the graded questions in the notebook's metadata: ``cnncourse.questions`` and ``cnncourse.grade_ids``.
+
+    Each question is ``{"grade_id", "points", "sha256"}`` of a released test cell, so the self-check
+    (:mod:`cnncourse.grading.selfcheck`) knows every question and its points even when a student deleted
+    or edited a test cell. Nothing about the hidden tests is recorded.
+    """
+    questions, ids = [], []
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if not isinstance(meta, dict) or not meta.get("grade_id"):
+            continue
+        ids.append(meta["grade_id"])
+        if meta.get("grade") and cell.cell_type == "code":
+            questions.append({"grade_id": meta["grade_id"], "points": meta.get("points", 0),
+                              "sha256": cell_sha256(cell.source)})
+    if questions:
+        nb.metadata["cnncourse"] = {"questions": questions, "grade_ids": ids}
+    return nb
 
 
 def release(sources: list[str | os.PathLike], out: str | os.PathLike) -> list[Path]:

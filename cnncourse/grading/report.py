@@ -105,6 +105,25 @@ def feedback_html(record: dict[str, Any]) -> str:
             + "</body></html>\n")
 
 
+def questions_table(record: dict[str, Any], width: int = 72) -> str:
+    """The feedback page's per-question table as text: question, result, points and the first line of feedback.
+
+    A question may carry its own ``result`` word (the self-check's ``hidden``) and ``points: None`` for
+    points not known yet; otherwise the result is ``passed`` or ``FAILED``.
+    """
+    rows = [("question", "result", "points", "feedback")]
+    for q in record["questions"]:
+        points = "?" if q["points"] is None else _fmt(q["points"])
+        feedback = (q["feedback"].splitlines() or [""])[0]
+        rows.append((q["grade_id"], q.get("result") or ("passed" if q["passed"] else "FAILED"),
+                     f"{points} / {_fmt(q['max_points'])}", feedback if len(feedback) <= width else
+                     feedback[: width - 3] + "..."))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    return "\n".join(lines)
+
+
 def summary_text(records: list[dict[str, Any]]) -> str:
     """A table of the count per status, the re-runs after a timeout, and the distribution of total scores."""
     lines = [f"{'status':<18}{'count':>6}"]

@@ -266,7 +266,7 @@ def scan_notebook(nb: Any, test_ids: Iterable[str] = (), known_ids: Iterable[str
             the student's copy (which imports the check helpers) is not scanned.
         known_ids: every ``grade_id`` of the source lab, to flag cells that claim an unknown one.
     """
-    from cnncourse.grading.release import install_cell_source
+    from cnncourse.grading.release import install_cell_source, is_selfcheck_cell
 
     test_ids = set(test_ids)
     course_cell = install_cell_source()  # the released labs' own install cell, kept verbatim
@@ -278,7 +278,7 @@ def scan_notebook(nb: Any, test_ids: Iterable[str] = (), known_ids: Iterable[str
         meta = cell.get("metadata", {}).get("nbgrader", {})
         if isinstance(meta, dict) and meta.get("grade_id") in test_ids:
             continue
-        if str(cell["source"]).strip() == course_cell.strip():
+        if str(cell["source"]).strip() == course_cell.strip() or is_selfcheck_cell(cell):
             continue
         for code, line, what in scan_source(str(cell["source"])):
             flags.append(f"{code} (cell {index}, line {line}): {what}")
