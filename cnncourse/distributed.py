@@ -15,7 +15,15 @@ https://pytorch.org/docs/stable/notes/ddp.html
 from __future__ import annotations
 
 import atexit
+import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -136,13 +144,13 @@ class Context:
         return ShardedBatchLoader(data, batch_size, rank=self.rank, world_size=self.world_size, seed=seed,
                                   transform=transform, device=self.device)
 
-    def sum(self, *values: float) -> tuple[float, ...]:
-        """Each value summed over all ranks (one ``all_reduce``); unchanged with one rank."""
+    def sum(self, *values: float) -> tuple[Any, ...]:
+        """Each value summed over all ranks (one ``all_reduce`` in float64), keeping its type (int or float)."""
         if self.world_size == 1:
             return values
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return tuple(t.tolist())
+        return tuple(type(v)(s) for v, s in zip(values, t.tolist()))
 
     def evaluate(self, evaluate: Callable[..., dict[str, Any]], model: nn.Module, data: ImageDataset,
                  **kwargs: Any) -> dict[str, Any]:
@@ -159,6 +167,103 @@ class Context:
         has_acc = m["accuracy"] is not None
         loss, correct, total = self.sum(m["loss"] * n, (m["accuracy"] or 0.0) * n, float(n))
         return {"loss": loss / total, "accuracy": correct / total if has_acc else None}
+
+
+def _rank_main(fn: Callable[..., Any], args: tuple, rank: int, world_size: int, store: str, conn: Any) -> None:
+    """One forked rank of :func:`run_on_ranks`: join the group, run ``fn``, send back ``(ok, value)``."""
+    try:
+        torch.set_num_threads(1)  # one core per rank, as torchrun's OMP_NUM_THREADS=1
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+        dist.barrier()  # every rank is connected before any can fail and close its end
+        try:
+            reply = (True, fn(*args))
+        finally:
+            dist.destroy_process_group()
+    except BaseException:  # noqa: BLE001  (the parent re-raises it with the rank's traceback)
+        reply = (False, traceback.format_exc())
+    conn.send_bytes(pickle.dumps(reply))
+    conn.close()
+
+
+def run_on_ranks(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 120.0) -> list[Any]:
+    """Run ``fn(*args)`` in ``world_size`` processes on this machine, joined by a ``gloo`` group; return each result.
+
+    The ranks are forked (like a ``DataLoader``'s workers), so ``fn`` may be defined in a notebook, and each
+    uses one torch thread. Inside ``fn``, ``torch.distributed.get_rank()`` and ``get_world_size()`` say
+    who it is. Results come back pickled, in rank order. A small, local stand-in for ``torchrun``: use
+    ``torchrun`` for real training. Needs ``fork``: Linux (Colab included) and macOS, not Windows.
+
+    Raises:
+        RuntimeError: a rank raised (its traceback is in the message) or did not finish within ``timeout`` s.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if sys.platform == "linux":
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # localhost only, also in a sandbox without network
+    import torch._dynamo  # noqa: F401  (DDP's constructor and optimizers import it: once here, not in every rank)
+
+    ctx = mp.get_context("fork")
+    folder = tempfile.mkdtemp(prefix="cnncourse-ranks-")
+    store = os.path.join(folder, "store")  # the ranks meet in a file: no port to pick, none to collide
+    pipes = [ctx.Pipe(duplex=False) for _ in range(world_size)]
+    procs = [ctx.Process(target=_rank_main, args=(fn, args, r, world_size, store, pipes[r][1]), daemon=True)
+             for r in range(world_size)]
+    for p, (_, send) in zip(procs, pipes):
+        p.start()
+        send.close()  # the child holds the sending end; its exit then reads as end-of-file here
+    deadline, replies = time.monotonic() + timeout, [None] * world_size
+    pending = {receive: r for r, (receive, _) in enumerate(pipes)}
+    try:
+        while pending:  # the first rank to fail is reported at once; the others are then killed
+            ready = mp_connection.wait(list(pending), timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise RuntimeError(f"rank(s) {sorted(pending.values())} of {world_size} did not finish "
+                                   f"within {timeout:.0f} s")
+            for receive in ready:
+                r = pending.pop(receive)  # type: ignore[call-overload]
+                try:
+                    ok, value = pickle.loads(receive.recv_bytes())  # type: ignore[union-attr]
+                except EOFError:
+                    raise RuntimeError(f"rank {r} of {world_size} died without a result") from None
+                if not ok:
+                    raise RuntimeError(f"rank {r} of {world_size} failed:\n{value}")
+                replies[r] = value
+    finally:
+        for p in procs:
+            p.join(timeout=0 if pending else 5)  # after a failure the others may wait for it forever
+            if p.is_alive():
+                p.kill()
+                p.join()
+        shutil.rmtree(folder, ignore_errors=True)
+    return replies
+
+
+def _shard_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     average: Callable[[nn.Module], Any] | None) -> dict[str, torch.Tensor]:
+    r, w = dist.get_rank(), dist.get_world_size()
+    net = model if average is not None else nn.parallel.DistributedDataParallel(model)
+    loss = nn.functional.cross_entropy(net(torch.tensor_split(x, w)[r]), torch.tensor_split(y, w)[r])
+    loss.backward()  # under DDP the all-reduce of the gradient buckets runs during this call
+    if average is not None:
+        average(model)
+    return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def data_parallel_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                            average: Callable[[nn.Module], Any] | None = None,
+                            world_size: int = 2) -> list[dict[str, torch.Tensor]]:
+    """The gradient each rank holds after one data-parallel backward pass, one dict per rank.
+
+    Rank ``r`` of ``world_size`` forked processes (:func:`run_on_ranks`) takes the ``r``-th contiguous
+    ``1/world_size`` of the batch ``x (N, C, H, W)``, ``y (N,)``, computes the mean cross-entropy of its
+    shard and backpropagates. With ``average=None`` the model is wrapped in ``DistributedDataParallel``,
+    which averages the gradients during the backward; otherwise ``average(model)`` is called after it
+    and must do the averaging (this is what a lab asks students to write). With equal shards, every
+    rank's result should equal the gradient of one process on the whole batch.
+    """
+    if len(x) % world_size:
+        raise ValueError(f"the batch of {len(x)} must split into {world_size} equal shards")
+    return run_on_ranks(_shard_gradients, model, x, y, average, world_size=world_size)
 
 
 _CREATED_HERE = False
@@ -188,8 +293,8 @@ def context(device: torch.device) -> Context:
     if not dist.is_initialized():
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"data-parallel training runs on 'cpu' (gloo) or 'cuda' (nccl), got device {device}")
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend_for(device), init_method="env://", **kwargs)
+        dist.init_process_group(backend_for(device), init_method="env://",
+                                device_id=device if device.type == "cuda" else None)
         _CREATED_HERE = True
         atexit.register(_destroy)
     return Context(dist.get_rank(), dist.get_world_size(), device)

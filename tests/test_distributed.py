@@ -151,3 +151,48 @@ def test_without_torchrun_nothing_changes(monkeypatch):
     assert distributed.backend_for(torch.device("cuda", 0)) == "nccl"
     with pytest.raises(ValueError, match=r"rank must be in \[0, 2\), got 2"):
         distributed.shard_batches(torch.arange(4), 2, 2, 2)
+
+
+def _hand_average(model: nn.Module) -> None:
+    for p in model.parameters():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= torch.distributed.get_world_size()
+
+
+def test_data_parallel_gradients_by_hand_and_by_ddp_equal_one_process(one_thread):
+    model = toy_model()
+    model[0].weight.requires_grad_(False)  # a frozen layer has no gradient to average
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(12, 1, 12, 12, generator=g), torch.randint(0, 10, (12,), generator=g)
+    want = dict(zip(["0.bias", "4.weight", "4.bias"], torch.autograd.grad(
+        nn.functional.cross_entropy(model(x), y), [p for p in model.parameters() if p.requires_grad])))
+    for average, world in ((None, 2), (_hand_average, 2), (_hand_average, 3)):
+        ranks = distributed.data_parallel_gradients(model, x, y, average=average, world_size=world)
+        assert len(ranks) == world
+        for grads in ranks:
+            assert sorted(grads) == sorted(want) and _max_diff(grads, want) < TOL
+    not_averaged = distributed.data_parallel_gradients(model, x, y, average=lambda m: None)
+    assert _max_diff(not_averaged[0], want) > 100 * TOL  # each rank alone holds only its shard's gradient
+    with pytest.raises(ValueError, match="the batch of 12 must split into 5 equal shards"):
+        distributed.data_parallel_gradients(model, x, y, world_size=5)
+
+
+def _fail_on_rank_1() -> int:
+    if torch.distributed.get_rank() == 1:
+        raise KeyError("rank one broke")
+    return torch.distributed.get_rank()
+
+
+def _sleep() -> None:
+    import time
+
+    time.sleep(30)
+
+
+def test_run_on_ranks_reports_failures_and_hangs():
+    assert distributed.run_on_ranks(torch.distributed.get_world_size, world_size=3) == [3, 3, 3]
+    with pytest.raises(RuntimeError, match=r"(?s)rank 1 of 2 failed:.*KeyError: 'rank one broke'"):
+        distributed.run_on_ranks(_fail_on_rank_1)
+    with pytest.raises(RuntimeError, match=r"rank\(s\) \[0, 1\] of 2 did not finish within 2 s"):
+        distributed.run_on_ranks(_sleep, timeout=2)
