@@ -17,7 +17,7 @@ import torch
 import torch.distributed
 import torch.nn as nn
 
-from cnncourse import distributed, train
+from cnncourse import distributed, models, train
 from cnncourse.data import BatchLoader, ImageDataset
 
 WORLD, PER_RANK, N, EPOCHS = 2, 64, 1000, 2  # 1000 = 7 full global batches of 128 + one of 104
@@ -196,3 +196,21 @@ def test_run_on_ranks_reports_failures_and_hangs():
         distributed.run_on_ranks(_fail_on_rank_1)
     with pytest.raises(RuntimeError, match=r"rank\(s\) \[0, 1\] of 2 did not finish within 2 s"):
         distributed.run_on_ranks(_sleep, timeout=2)
+
+
+@pytest.mark.slow
+def test_cli_train_under_torchrun(tmp_path):
+    """`torchrun -m cnncourse train` trains on 2 ranks; rank 0 alone reports and writes the checkpoint."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "lenet.pt"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "cnncourse", "train",
+                          "lenet5", "--train-size", "512", "--batch-size", "64", "--no-progress", "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("final test accuracy") == 1 and run.stdout.count(f"saved {out}") == 1
+    assert out.is_file() and train.load_checkpoint(out, models.lenet5())["epochs"] == 1
