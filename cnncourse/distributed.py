@@ -217,8 +217,9 @@ def run_on_ranks(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeou
         while pending:  # the first rank to fail is reported at once; the others are then killed
             ready = mp_connection.wait(list(pending), timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
-                raise RuntimeError(f"rank(s) {sorted(pending.values())} of {world_size} did not finish "
-                                   f"within {timeout:.0f} s")
+                raise RuntimeError(f"rank(s) {sorted(pending.values())} of {world_size} did not finish within "
+                                   f"{timeout:.0f} s: is a rank waiting in a collective (all_reduce, barrier) that "
+                                   f"another rank never calls?")
             for receive in ready:
                 r = pending.pop(receive)  # type: ignore[call-overload]
                 try:
