@@ -91,6 +91,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     hist = train.fit(model, tr, te, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                      batch_size=args.batch_size, seed=args.seed, transform=transform, loss_fn=loss_fn,
                      progress=not args.no_progress)
+    from cnncourse.distributed import is_main
+
+    if not is_main():  # under torchrun the other ranks hold the same weights; rank 0 reports and saves
+        return 0
     print(hist)
     print(f"final test accuracy: {hist.last['val_acc']:.4f}")
     if args.out:
@@ -138,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--batch-size", type=int, default=128, help="per process under torchrun")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--train-size", type=int, default=None, help="train on a random subset of this size")
     t.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from cnncourse import distributed
 from cnncourse.data import BatchLoader, ImageDataset, Transform, pad_to
 from cnncourse.io import atomic_write_bytes
 from cnncourse.utils import eval_mode
@@ -139,29 +140,38 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset | None = None, 
             ``augment`` (``lambda x, y: x`` trains an autoencoder). Accuracy is recorded only when the
             target holds class indices (an integer tensor); otherwise it is ``None``.
 
+    Under ``torchrun --nproc-per-node N`` (see :mod:`cnncourse.distributed`) the same call trains
+    data-parallel: the model is wrapped in ``DistributedDataParallel``, ``batch_size`` is per rank (the
+    effective batch is ``N * batch_size``), each rank takes its shard of every epoch's permutation, the
+    history's losses and accuracies are averaged over all ranks, and only rank 0 shows the progress bar
+    (its running values are rank 0's own).
+
     Reference: Goodfellow, Bengio and Courville, *Deep Learning* (2016), algorithm 8.1.
     """
-    set_seed(seed)
-    dev = pick_device(device)
+    ctx = distributed.context(pick_device(device))  # one rank, on this device, without torchrun
+    set_seed(seed + ctx.rank)  # dropout and augmentation differ per rank; the permutation uses `seed`
+    dev = ctx.device
     model.to(dev)
+    net = ctx.wrap(model)  # DistributedDataParallel under torchrun, `model` itself otherwise
     loss_fn = loss_fn or F.cross_entropy
     opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else _make_optimizer(
         optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay)
     sched = scheduler(opt) if scheduler else None
-    loader = BatchLoader(train, batch_size, shuffle=True, seed=seed, transform=transform, device=dev)
+    loader = ctx.loader(train, batch_size, seed=seed, transform=transform)
     history = History()
     n_batches = min(len(loader), max_batches or len(loader))
     for epoch in range(1, epochs + 1):
         model.train()
         start, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not (progress and ctx.is_main),
+                   leave=False)
         for b, (x, y) in enumerate(loader):
             if b == n_batches:
                 break
             t = y if target is None else target(x, y)
             if augment is not None:
                 x = augment(x)
-            logits = model(x)
+            logits = net(x)
             loss = loss_fn(logits, t)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -173,12 +183,14 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset | None = None, 
             bar.update()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", **({"acc": f"{correct / seen:.3f}"} if classes else {}))
         bar.close()
+        seen, loss_sum, correct = ctx.sum(seen, loss_sum, correct)  # over all ranks
         if sched is not None:
             sched.step()
         record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen if classes else None,
                   "val_loss": None, "val_acc": None}
         if val is not None:
-            metrics = evaluate(model, val, transform=transform, device=dev, loss_fn=loss_fn, target=target)
+            metrics = ctx.evaluate(evaluate, model, val, transform=transform, device=dev, loss_fn=loss_fn,
+                                   target=target)
             record.update(val_loss=metrics["loss"], val_acc=metrics["accuracy"])
         record["seconds"] = time.perf_counter() - start
         history.epochs.append(record)
@@ -256,9 +268,14 @@ def input_pipeline(model: nn.Module, data: ImageDataset) -> tuple[Transform | No
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **meta: Any) -> None:
     """Save ``model.state_dict()`` and JSON-like ``meta`` to ``path`` atomically.
 
+    Under ``torchrun`` only rank 0 writes; the other ranks return without touching ``path``.
+
     Reference: https://pytorch.org/tutorials/beginner/saving_loading_models.html
     """
     import io
+
+    if not distributed.is_main():
+        return
 
     buf = io.BytesIO()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
