@@ -9,8 +9,9 @@ so a late submission never moves anyone else to another shard.
 Every grading output folder gets a manifest, :data:`MANIFEST`, that says which lab (by
 checksum), which shard and which students it holds, and whether the run finished;
 ``grade-merge`` (:mod:`cnncourse.grading.merge`) reads it to refuse mismatched, repeated,
-unfinished or missing shards. Its name starts with a dot, which no student name can
-(:func:`cnncourse.grading.report.student_name`), so it never clashes with a record.
+unfinished or missing shards. It holds JSON but does not end in ``.json``, so it never
+clashes with a student's record (``<student>.json``) nor turns up among them in a
+``glob("*.json")``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from cnncourse.io import atomic_write_text
 
-MANIFEST = ".shard.json"
+MANIFEST = "shard.manifest"
 MANIFEST_SCHEMA = 1
 
 
