@@ -12,7 +12,13 @@ from typing import Any
 def _cmd_grade(args: argparse.Namespace) -> int:
     from cnncourse.grading.limits import resolve_limits
     from cnncourse.grading.release import MarkerError
-    from cnncourse.grading.report import find_submissions, grade_batch, require_sandbox, summary_text
+    from cnncourse.grading.report import (
+        check_shard_folder,
+        find_submissions,
+        grade_batch,
+        require_sandbox,
+        summary_text,
+    )
 
     positive = [v for v in (args.timeout, args.cell_timeout) if v is not None]
     if args.jobs < 1 or min(positive, default=1) <= 0 or args.wall_factor < 1 or (args.memory or 0) < 0:
@@ -26,6 +32,7 @@ def _cmd_grade(args: argparse.Namespace) -> int:
               + "\nEvery record says sandbox: false.", file=sys.stderr)
     try:
         find_submissions(args.submissions)  # bad paths fail here, before any calibration run
+        check_shard_folder(args.out, args.shard)
         require_sandbox(not args.no_sandbox)
         limits = resolve_limits(args.lab, timeout=args.timeout, cell_timeout=args.cell_timeout,
                                 memory_mb=args.memory or None, wall_factor=args.wall_factor,

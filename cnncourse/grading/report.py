@@ -190,6 +190,18 @@ def require_sandbox(sandboxed: bool) -> None:
                          "--no-sandbox")
 
 
+def check_shard_folder(out: str | os.PathLike, shard: tuple[int, int]) -> None:
+    """Refuse to grade shard ``shard`` into a folder that holds another shard's output (checked before calibrating).
+
+    Raises:
+        ValueError: naming the shard the folder holds and the one expected.
+    """
+    before = read_manifest(out)
+    if before is not None and before["shard"] != shard_text(shard):
+        raise ValueError(f"{out} holds shard {before['shard']} of {before.get('lab')}; expected an empty folder or "
+                         f"shard {shard_text(shard)}'s own (give each shard its own --out)")
+
+
 def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike], out: str | os.PathLike, *,
                 jobs: int = 1, limits: Limits | None = None, force: bool = False, progress: bool = True,
                 on_record: Callable[[dict[str, Any]], None] | None = None, secret: str = "",
@@ -222,10 +234,7 @@ def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike
     pairs = find_submissions(submissions)
     found = len(pairs)
     pairs = [(s, p) for s, p in pairs if shard_of(s, shard[1]) == shard[0]]
-    before = read_manifest(out)
-    if before is not None and before["shard"] != shard_text(shard):
-        raise ValueError(f"{out} holds shard {before['shard']} of {before.get('lab')}; expected an empty folder or "
-                         f"shard {shard_text(shard)}'s own (give each shard its own --out)")
+    check_shard_folder(out, shard)
     out.mkdir(parents=True, exist_ok=True)
 
     def manifest(complete: bool) -> None:
