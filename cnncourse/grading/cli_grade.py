@@ -14,6 +14,7 @@ def _cmd_grade(args: argparse.Namespace) -> int:
     from cnncourse.grading.release import MarkerError
     from cnncourse.grading.report import (
         _fmt,
+        check_shard_folder,
         find_submissions,
         grade_batch,
         questions_table,
@@ -33,6 +34,7 @@ def _cmd_grade(args: argparse.Namespace) -> int:
               + "\nEvery record says sandbox: false.", file=sys.stderr)
     try:
         find_submissions(args.submissions)  # bad paths fail here, before any calibration run
+        check_shard_folder(args.out, args.shard)
         require_sandbox(not args.no_sandbox)
         limits = resolve_limits(args.lab, timeout=args.timeout, cell_timeout=args.cell_timeout,
                                 memory_mb=args.memory or None, wall_factor=args.wall_factor,
@@ -41,7 +43,7 @@ def _cmd_grade(args: argparse.Namespace) -> int:
             print(f"limits: {limits.cell_timeout:g} s of CPU per cell, {limits.timeout:g} s in all, wall-clock "
                   f"ceiling {args.wall_factor:g}x ({limits.source})", file=sys.stderr)
         records = grade_batch(args.lab, args.submissions, args.out, jobs=args.jobs, limits=limits,
-                              force=args.force, progress=not args.no_progress,
+                              force=args.force, progress=not args.no_progress, shard=args.shard,
                               secret=args.secret if args.secret is not None else os.environ.get("CNNCOURSE_SECRET", ""))
     except (FileNotFoundError, ValueError, MarkerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -54,8 +56,19 @@ def _cmd_grade(args: argparse.Namespace) -> int:
         print(f"{records[0]['student']}: {_fmt(records[0]['total'])} / {_fmt(records[0]['max_total'])}\n"
               + questions_table(records[0]) + "\n")
     print(summary_text(records))
-    print(f"\nwrote {Path(args.out) / 'gradebook.csv'}, {len(records)} records and feedback/ in {args.out}")
+    shard = "" if args.shard == (1, 1) else f" (shard {args.shard[0]}/{args.shard[1]}; merge with grade-merge)"
+    print(f"\nwrote {Path(args.out) / 'gradebook.csv'}, {len(records)} records and feedback/ in {args.out}{shard}")
     return 0
+
+
+def _shard_arg(text: str) -> tuple[int, int]:
+    """An argparse ``type`` for ``--shard K/N``."""
+    from cnncourse.grading.shard import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -86,6 +99,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "from the public repository are of no use (default: $CNNCOURSE_SECRET, else none)")
     g.add_argument("--no-sandbox", action="store_true",
                    help="run kernels without the bubblewrap sandbox (when `bwrap` is missing); unsafe, see README")
+    g.add_argument("--shard", type=_shard_arg, default=(1, 1), metavar="K/N",
+                   help="grade only the K-th of N shards of the class (K from 1), each student's shard fixed by a "
+                        "hash of the name; give each shard its own --out and join them with grade-merge")
     g.add_argument("--force", action="store_true", help="re-grade submissions that already have a record")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_grade)

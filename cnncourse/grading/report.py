@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from cnncourse.grading.autograde import SCHEMA, STATUSES, Job, LabSpec, Limits, load_lab, run_job, secret_id
 from cnncourse.grading.limits import describe, resolve_limits
+from cnncourse.grading.shard import MANIFEST, read_manifest, shard_of, shard_text, write_manifest
 from cnncourse.io import atomic_write_text
 
 
@@ -75,10 +76,15 @@ def gradebook_csv(lab: LabSpec, records: list[dict[str, Any]]) -> str:
     """CSV text: ``student, status, total, max_total``, one column per ``grade_id``, then ``flags``; a row per record.
 
     ``flags`` joins the integrity flags of :mod:`cnncourse.grading.scan` with ``"; "``: notebooks to read, not scores.
+    Nothing that depends on the machine or the run (times, paths) is in it, so shards merge into the same bytes.
     """
+    return gradebook_csv_for([t.grade_id for t in lab.tests], records)
+
+
+def gradebook_csv_for(ids: list[str], records: list[dict[str, Any]]) -> str:
+    """:func:`gradebook_csv` from the graded ``grade_id`` list alone (``grade-merge`` has no lab file)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    ids = [t.grade_id for t in lab.tests]
     writer.writerow(["student", "status", "total", "max_total", *ids, "flags"])
     for r in sorted(records, key=lambda r: r["student"]):
         points = {q["grade_id"]: q["points"] for q in r["questions"]}
@@ -203,9 +209,22 @@ def require_sandbox(sandboxed: bool) -> None:
                          "--no-sandbox")
 
 
+def check_shard_folder(out: str | os.PathLike, shard: tuple[int, int]) -> None:
+    """Refuse to grade shard ``shard`` into a folder that holds another shard's output (checked before calibrating).
+
+    Raises:
+        ValueError: naming the shard the folder holds and the one expected.
+    """
+    before = read_manifest(out)
+    if before is not None and before["shard"] != shard_text(shard):
+        raise ValueError(f"{out} holds shard {before['shard']} of {before.get('lab')}; expected an empty folder or "
+                         f"shard {shard_text(shard)}'s own (give each shard its own --out)")
+
+
 def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike], out: str | os.PathLike, *,
                 jobs: int = 1, limits: Limits | None = None, force: bool = False, progress: bool = True,
-                on_record: Callable[[dict[str, Any]], None] | None = None, secret: str = "") -> list[dict[str, Any]]:
+                on_record: Callable[[dict[str, Any]], None] | None = None, secret: str = "",
+                shard: tuple[int, int] = (1, 1)) -> list[dict[str, Any]]:
     """Grade every submission against the source lab and write ``out``'s records, gradebook and feedback.
 
     Args:
@@ -215,6 +234,8 @@ def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike
         force: re-grade submissions already graded with the same lab and submission checksums.
         secret: the course's secret, which seeds the hidden tests' random inputs (see :func:`checks.course_seed`).
         on_record: called in the main process after each new record is written (a re-run's too).
+        shard: ``(K, N)``: grade only the students of the K-th of N shards (:func:`cnncourse.grading.shard.shard_of`);
+            ``out``'s manifest records it for ``grade-merge``.
 
     Returns:
         One record per submission, sorted by student name.
@@ -230,7 +251,18 @@ def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike
     # Sandboxed kernels see neither the submissions nor the output folder.
     limits = replace(limits, hide=(*limits.hide, *map(str, submissions), str(out)))
     pairs = find_submissions(submissions)
+    found = len(pairs)
+    pairs = [(s, p) for s, p in pairs if shard_of(s, shard[1]) == shard[0]]
+    check_shard_folder(out, shard)
     out.mkdir(parents=True, exist_ok=True)
+
+    def manifest(complete: bool) -> None:
+        write_manifest(out, lab=lab.name, lab_sha256=lab.sha256, grade_ids=[t.grade_id for t in lab.tests],
+                       shard=shard_text(shard), students=[s for s, _ in pairs], submissions_found=found,
+                       secret_id=secret_id(secret), sandbox=limits.sandbox, limits=describe(limits),
+                       complete=complete)
+
+    manifest(complete=False)  # claims the folder: a second shard pointed at it is refused
     records: dict[str, dict[str, Any]] = {}
     todo: list[Job] = []
     for student, path in pairs:
@@ -281,7 +313,8 @@ def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike
     for record in ordered:  # rewrite from memory: undo anything a submission wrote into `out`
         _write_record(out, record)
     atomic_write_text(out / "gradebook.csv", gradebook_csv(lab, ordered))
-    expected = {f"{s}.json" for s, _ in pairs} | {f"feedback/{s}.html" for s, _ in pairs} | {"gradebook.csv"}
+    manifest(complete=True)
+    expected = {f"{s}.json" for s, _ in pairs} | {f"feedback/{s}.html" for s, _ in pairs} | {"gradebook.csv", MANIFEST}
     extra = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
                    and p.relative_to(out).as_posix() not in expected)
     if extra:
