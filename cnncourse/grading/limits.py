@@ -279,8 +279,9 @@ def calibrate(lab_path: str | os.PathLike, *, memory_mb: int | None = 4096, fold
     The source lab is graded as if it were a submission (same kernel, same tests) under
     generous limits. The result is cached under :func:`cache_dir` (or ``folder``) keyed by
     the lab's SHA-256, :func:`machine_fingerprint` and ``sandbox``, so a changed lab, another
-    machine or a switch to or from the sandbox is measured afresh. The returned dict has ``cpu_s`` (whole run), ``slowest`` (the
-    step, its ``cpu_s`` and ``wall_s``), ``steps``, and ``cached`` (whether it was reused).
+    machine or a switch to or from the sandbox is measured afresh. The returned dict has
+    ``cpu_s`` (whole run), ``slowest`` (the step, its ``cpu_s`` and ``wall_s``), ``steps``,
+    and ``cached`` (whether it was reused).
 
     Raises:
         ValueError: when the reference solution does not score full marks (its limits would be meaningless).
@@ -293,7 +294,8 @@ def calibrate(lab_path: str | os.PathLike, *, memory_mb: int | None = 4096, fold
     try:
         data = json.loads(path.read_text("utf-8"))
         if (data.get("schema") == CALIBRATION_SCHEMA and data.get("lab_sha256") == lab.sha256
-                and data.get("machine") == machine and data.get("sandbox") is sandbox and isinstance(data.get("steps"), list) and data["steps"]):
+                and data.get("machine") == machine and data.get("sandbox") is sandbox
+                and isinstance(data.get("steps"), list) and data["steps"]):
             return dict(data, cached=True, file=str(path))
     except (OSError, ValueError, AttributeError):
         pass
@@ -310,7 +312,8 @@ def calibrate(lab_path: str | os.PathLike, *, memory_mb: int | None = 4096, fold
                          f"failed: {', '.join(failed) or 'none'}); fix the lab or give --timeout and --cell-timeout")
     steps = record["timing"]["steps"]
     data = {"schema": CALIBRATION_SCHEMA, "lab": lab.name, "lab_sha256": lab.sha256, "machine": machine,
-            "sandbox": sandbox, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "loadavg": loadavg(),
+            "sandbox": sandbox, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "loadavg": loadavg(),
             "cpu_s": record["timing"]["cpu_s"], "wall_s": record["timing"]["wall_s"],
             "slowest": max(steps, key=lambda s: s["cpu_s"]), "steps": steps}
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
