@@ -182,7 +182,7 @@ def is_selfcheck_cell(cell: dict) -> bool:
     """Whether ``cell`` is a released lab's own self-check cell, kept verbatim (the grader skips it)."""
     source = cell.get("source", "") if isinstance(cell, dict) else ""
     match = re.search(r"self_check\((['\"])(.+?)\1\)\s*$", source) if isinstance(source, str) else None
-    return bool(match) and source.strip() == selfcheck_cell_source(match.group(2)).strip()
+    return match is not None and source.strip() == selfcheck_cell_source(match.group(2)).strip()
 
 
 def add_selfcheck_cell(nb: nbformat.NotebookNode, filename: str) -> nbformat.NotebookNode:

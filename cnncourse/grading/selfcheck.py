@@ -163,10 +163,10 @@ def check(path: str | os.PathLike, cell_timeout: float = CELL_TIMEOUT, timeout: 
     spec = LabSpec(path, hashlib.sha256(path.read_bytes()).hexdigest(), tuple(tests),
                    tuple(i for i in ids if i not in missing), lab_imports(nb))
     limits = Limits(timeout=timeout, cell_timeout=cell_timeout, memory_mb=None, sandbox=False, source="self-check")
-    record = grade_submission(spec, path, "self-check", limits) if tests else {
+    record: dict[str, Any] = grade_submission(spec, path, "self-check", limits) if tests else {
         "status": "missing-cells", "reason": "", "questions": [], "cell_errors": [], "total": 0.0}
     by_id = {q["grade_id"]: q for q in record["questions"]}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for q in qs:
         if q.grade_id in missing:
             rows.append({"grade_id": q.grade_id, "points": 0.0, "max_points": q.points, "passed": False,
