@@ -50,11 +50,17 @@ book-instructor: install
 	  $(BIN)/python -m cnncourse assign labs/ --out book/labs >/dev/null; exit $$status
 	@echo "Instructor edition: _build/instructor/_build/html/index.html"
 
+# Two pytest workers (pytest-xdist): much of a test's time is spent waiting on a kernel or a subprocess, so
+# the second core is otherwise idle. --dist loadfile keeps each test file (and its module fixtures) on one worker.
+# PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+
 unit: install
-	$(BIN)/python -m pytest tests -m "not book" -q
+	$(BIN)/python -m pytest tests -m "not book" -q $(XDIST)
 
 nbval: install
-	$(BIN)/python -m pytest --nbval-lax labs/ -q -p no:cacheprovider
+	$(BIN)/python -m pytest --nbval-lax labs/ -q -p no:cacheprovider $(XDIST)
 
 # Lint and type-check the library (configured in pyproject.toml).
 lint: install
