@@ -44,7 +44,8 @@ book-instructor: install
 	@rm -rf book/labs && mkdir -p book/labs && cp labs/*.ipynb book/labs/
 	sed -e 's|exclude_patterns: \["book/labs/\*"\]|exclude_patterns: []|' \
 	    -e 's|^title: "\(.*\)"|title: "\1 (instructor edition)"|' _config.yml > .instructor_config.yml
-	{ cat _toc.yml; printf '  - caption: Solutions (instructor edition)\n    chapters:\n      - file: book/solutions\n'; } > .instructor_toc.yml
+	{ sed 's|caption: Labs (student versions)|caption: Labs (with solutions)|' _toc.yml; \
+	  printf '  - caption: Solutions (instructor edition)\n    chapters:\n      - file: book/solutions\n'; } > .instructor_toc.yml
 	$(BIN)/jupyter-book build . $(JB_FLAGS) --config .instructor_config.yml --toc .instructor_toc.yml --path-output _build/instructor; \
 	  status=$$?; rm -rf book/labs .instructor_config.yml .instructor_toc.yml; \
 	  $(BIN)/python -m cnncourse assign labs/ --out book/labs >/dev/null; exit $$status
