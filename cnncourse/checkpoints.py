@@ -73,6 +73,9 @@ RECIPES: dict[str, Recipe] = {
     "resnet20_fashion": Recipe(
         "cifar_resnet", {"depth": 20, "num_classes": 10}, "fashion-mnist", None, per_class=200,
         epochs=3, description="ResNet-20 (CIFAR-style, 1 channel) on Fashion-MNIST, 200 images per class"),
+    "lenet5_mnist04_full": Recipe(
+        "lenet5", {"variant": "textbook", "num_classes": 5}, "mnist", (0, 1, 2, 3, 4), per_class=5800,
+        epochs=4, description="textbook LeNet-5 (28x28) on all of MNIST digits 0-4 (5,800 images per digit)"),
     "lenet5_mnist04_ci": Recipe(
         "lenet5", {"variant": "textbook", "num_classes": 5}, "mnist", (0, 1, 2, 3, 4), per_class=100,
         epochs=2, description="a seconds-long LeNet-5 recipe that CI re-runs to check determinism"),

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from cnncourse import checkpoints, transfer, transfer_experiment
+from cnncourse import checkpoints, transfer
 from cnncourse.data import ImageDataset
 from cnncourse.models.googlenet import googlenet_small
 from cnncourse.models.lenet import lenet5
@@ -233,8 +233,55 @@ def test_features_and_pca():
 def test_summarize_and_plot():
     rows = [{"target": t, "size": n, "strategy": s, "seed": seed, "accuracy": 0.5 + 0.1 * seed}
             for t in ("similar", "different") for n in (10, 100) for s in ("head", "full") for seed in (0, 1, 2)]
-    summary = transfer_experiment.summarize(rows)
+    summary = transfer.summarize(rows)
     assert len(summary) == 8
     assert summary[0]["mean"] == pytest.approx(0.6) and summary[0]["std"] == pytest.approx(0.1)
-    fig = transfer_experiment.plot_grid(summary)
+    fig = transfer.plot_grid(summary)
     assert len(fig.axes) == 2 and len(fig.axes[0].get_lines()) >= 2
+
+
+def _benchmark_module():
+    """benchmarks/transfer.py, imported the way `python benchmarks/transfer.py` runs it (its folder on sys.path)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location("transfer_benchmark", folder / "transfer.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
+
+
+def test_transfer_benchmark_writes_results_with_provenance(data_root, tmp_path):
+    import json
+
+    out = tmp_path / "transfer.json"
+    bench = _benchmark_module()
+    assert bench.main(["--sizes", "1", "--seeds", "0", "1", "--steps", "2", "--test-size", "40",
+                       "--strategies", "head", "scratch", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    for key in ("command", "date", "machine", "threads", "load_average_1min"):  # the shared provenance header
+        assert key in doc, key
+    assert doc["complete"] and doc["runs_done"] == doc["runs_total"] == 2 * 2 * 2  # targets x strategies x seeds
+    assert doc["source"]["sha256"] == checkpoints.read_manifest()[bench.CHECKPOINT]["sha256"]
+    cells = {(r["target"], r["strategy"]): r for r in doc["summary"]}
+    assert set(cells) == {(t, s) for t in transfer.TARGETS for s in ("head", "scratch")}
+    assert all(r["seeds"] == 2 and 0.0 <= r["mean"] <= 1.0 for r in cells.values())
+    with pytest.raises(ValueError, match="unknown target 'cifar'"):
+        bench.main(["--targets", "cifar", "--out", str(out)])
+
+
+def test_committed_transfer_results_match_the_benchmark():
+    """The chapter reads book/results/transfer.json: it must be complete and come from the committed checkpoint."""
+    import json
+    from pathlib import Path
+
+    doc = json.loads((Path(__file__).resolve().parents[1] / "book" / "results" / "transfer.json").read_text())
+    assert doc["complete"] and doc["runs_done"] == doc["runs_total"] == len(doc["runs"])
+    assert doc["source"]["sha256"] == checkpoints.read_manifest()[doc["config"]["checkpoint"]]["sha256"]
+    assert len(doc["summary"]) == len(doc["runs"]) // len(doc["config"]["seeds"])
