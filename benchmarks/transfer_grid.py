@@ -17,12 +17,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
+
+from provenance import header, now_utc  # benchmarks/ is sys.path[0] when run as a script
 
 import torch
 
@@ -46,17 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "book" / "results" / "transfer_grid.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python benchmarks/transfer_grid.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    prov = header(argv)
     config = {k: v for k, v in vars(args).items() if k != "out"}
-    started = dt.datetime.now().astimezone()
     rows: list[dict] = []
     total = len(args.targets) * len(args.sizes) * len(args.strategies) * len(args.seeds)
 
     def write(complete: bool) -> None:
-        doc = {"command": command.strip(), "date": started.date().isoformat(),
-               "started": started.isoformat(timespec="seconds"), "complete": complete,
+        doc = {**prov, "started": prov["date"], "updated": now_utc(), "complete": complete,
                "runs_done": len(rows), "runs_total": total, "wall_seconds": round(time.perf_counter() - t0, 1),
-               "library_version": __version__, "torch": torch.__version__, "config": config,
+               "library_version": __version__, "config": config,
                "summary": transfer_experiment.summarize(rows), "runs": rows}
         atomic_write_text(args.out, json.dumps(doc, indent=1) + "\n")
 
