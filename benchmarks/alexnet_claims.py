@@ -25,9 +25,7 @@ augmentation), 4.2 (dropout).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ from cnncourse.data import load_dataset, random_crop_flip  # noqa: E402
 from cnncourse.io import atomic_write_text  # noqa: E402
 from cnncourse.models.alexnet import alexnet_small  # noqa: E402
 from cnncourse.train import evaluate, fit  # noqa: E402
+from provenance import header, now_utc  # noqa: E402  (benchmarks/ is sys.path[0] for a script)
 
 OUT = Path(__file__).resolve().parents[1] / "book" / "results" / "alexnet_claims.json"
 THRESHOLDS = [0.40, 0.30, 0.25, 0.20, 0.15, 0.12, 0.10]
@@ -66,7 +65,7 @@ def save(results: dict[str, Any], out: Path) -> None:
         on_disk = json.loads(out.read_text())
         if other in on_disk:
             results[other] = on_disk[other]
-    results["updated"] = dt.datetime.now().isoformat(timespec="seconds")
+    results["updated"] = now_utc()
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(results, indent=1) + "\n")
 
@@ -130,11 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "full"
     s = SETTINGS[mode]
+    prov = header(argv)
     results: dict[str, Any] = {
-        "command": "python benchmarks/alexnet_claims.py" + (" --quick" if args.quick else "")
-        + (f" --only {args.only}" if args.only else ""),
-        "mode": mode, "started": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads",
+        **prov, "mode": mode, "started": prov["date"],
         "dataset": "fashion-mnist", "model": "alexnet_small", "thresholds": THRESHOLDS,
     }  # fmt: skip
     if args.only:

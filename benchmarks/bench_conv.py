@@ -5,9 +5,18 @@ Shapes (batch 128): LeNet-5's C1 (1 -> 6 channels, 5x5, on 32x32) and C3 (6 -> 1
 version is timed on a small input only. Every line prints ``ratio = ours / torch``; the goal
 for the vectorised version is a ratio of at most 2.
 
+Where the time goes (``torch.profiler``): the matrix products, and writing the column matrices.
+On the 3x3, 64-channel layer each is 75 MB, above glibc's largest ``mmap`` threshold (32 MB), so
+every call gets fresh pages from the kernel and pays a page fault per 4 KiB page: about 35 ms of
+the ~45 ms an im2col copy takes on one core. ``F.conv2d`` (oneDNN) never builds those matrices.
+PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for large CPU tensors) removes most
+of that cost; run once with and once without to see it::
+
+    THP_MEM_ALLOC_ENABLE=1 python benchmarks/bench_conv.py --threads 1
+
 Usage::
 
-    python benchmarks/bench_conv.py [--device cpu|cuda] [--repeats 10] [--threads 1] [--json out.json]
+    python benchmarks/bench_conv.py [--device cpu|cuda] [--repeats 10] [--threads 1] [--clock wall|cpu] [--json out.json]
 """
 
 from __future__ import annotations
@@ -54,7 +63,11 @@ def _make_step(conv: Callable, x_shape, w_shape, padding: int, device: torch.dev
     return step
 
 
-def time_pair(ours: Callable, x_shape, w_shape, padding: int, device: torch.device, repeats: int) -> tuple[float, float]:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_pair(ours: Callable, x_shape, w_shape, padding: int, device: torch.device, repeats: int,
+              clock: Callable[[], float] = time.perf_counter) -> tuple[float, float]:
     """Best-of-``repeats`` seconds for ``F.conv2d`` and for ``ours``, measured interleaved.
 
     Interleaving and taking the minimum keep the ratio fair on a machine shared with other
@@ -67,21 +80,23 @@ def time_pair(ours: Callable, x_shape, w_shape, padding: int, device: torch.devi
     for _ in range(repeats):
         for i, step in enumerate(steps):
             _sync(device)
-            start = time.perf_counter()
+            start = clock()
             step()
             _sync(device)
-            best[i] = min(best[i], time.perf_counter() - start)
+            best[i] = min(best[i], clock() - start)
     return best[0], best[1]
 
 
-def run(device: torch.device, repeats: int) -> dict:
-    results = {**header(), "device": str(device), "rows": []}
-    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} best of {repeats}, interleaved")
+def run(device: torch.device, repeats: int, clock: str = "wall") -> dict:
+    results = {**header(), "device": str(device), "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"),
+               "clock": clock, "rows": []}
+    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} best of {repeats}, interleaved, "
+          f"{clock} clock, THP_MEM_ALLOC_ENABLE={results['thp_mem_alloc']}, load {results['load_average_1min']}")
     print(f"{'shape':<12} {'impl':<12} {'ms':>10} {'ratio vs F.conv2d':>18}")
     cases = [(name, *spec, "vectorised", cf.conv2d) for name, spec in SHAPES.items()]
     cases.append(("naive-small", *NAIVE_SHAPE, "naive", cf.conv2d_naive))
     for name, x_shape, w_shape, padding, label, ours in cases:
-        t_ref, t_ours = time_pair(ours, x_shape, w_shape, padding, device, repeats)
+        t_ref, t_ours = time_pair(ours, x_shape, w_shape, padding, device, repeats, CLOCKS[clock])
         ratio = t_ours / t_ref
         print(f"{name:<12} {'F.conv2d':<12} {t_ref * 1e3:>10.2f}")
         print(f"{name:<12} {label:<12} {t_ours * 1e3:>10.2f} {ratio:>17.2f}x")
@@ -107,10 +122,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op CPU threads for both sides (1 avoids spin-wait stalls on a busy machine)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or this process's CPU time (steadier on a loaded machine with 1 thread)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = run(torch.device(args.device), args.repeats)
+    results = run(torch.device(args.device), args.repeats, args.clock)
     if args.json:
         _write_json(args.json, results)
 

@@ -17,6 +17,7 @@ import torchvision
 from torchvision import transforms
 
 from cnncourse.data import BatchLoader, candidate_roots, load_dataset
+from provenance import print_header  # benchmarks/ is sys.path[0] when run as a script
 
 
 def images_per_second(loader, n_images: int, epochs: int) -> float:
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the baseline")
     args = parser.parse_args()
+    print_header()
 
     t0 = time.perf_counter()
     ds = load_dataset("mnist", "train")

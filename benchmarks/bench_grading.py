@@ -27,6 +27,7 @@ from cnncourse.grading.autograde import Limits, _Kernel  # noqa: E402
 from cnncourse.grading.limits import resolve_limits  # noqa: E402
 from cnncourse.grading.report import grade_batch  # noqa: E402
 from cnncourse.grading.sandbox import hidden_paths  # noqa: E402
+from provenance import print_header  # noqa: E402  (benchmarks/ is sys.path[0] for a script)
 
 LAB = ROOT / "labs" / "lab00_tensors.ipynb"
 CORRECT = ROOT / "tests" / "grading" / "lab00" / "correct.ipynb"
@@ -54,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=20)
     args = parser.parse_args()
+    print_header()
     if not os.environ.get("CNNCOURSE_DATA"):
         sys.exit("set CNNCOURSE_DATA to the folder holding MNIST/raw")
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,7 +18,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -34,6 +33,7 @@ from cnncourse.data import load_dataset  # noqa: E402
 from cnncourse.io import atomic_write_text  # noqa: E402
 from cnncourse.models import get_model  # noqa: E402
 from cnncourse.train import evaluate, fit, pick_device, set_seed  # noqa: E402
+from provenance import header  # noqa: E402  (benchmarks/ is sys.path[0] for a script)
 
 OUT = Path(__file__).resolve().parents[1] / "book" / "results" / "bench_models.json"
 
@@ -158,13 +158,9 @@ def main() -> None:
                   f"(forward + backward, batch {args.full_batch}, {args.full_image}x{args.full_image})", flush=True)
 
     atomic_write_text(args.out, json.dumps({
-        "command": "python benchmarks/bench_models.py " + " ".join(sys.argv[1:]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
+        **header(),
         "device": str(device),
-        "threads": args.threads,
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": {"min": round(min(loads), 2), "max": round(max(loads), 2)},
+        "load_average_1min": {"min": round(min(loads), 2), "max": round(max(loads), 2)},  # over the run
         "dataset": "fashion-mnist",
         "train_size": len(train),
         "test_size": len(test),

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from cnncourse import recurrent as rec
 from cnncourse.models.rnn import GRU, LSTM, RNN
+from provenance import header  # benchmarks/ is sys.path[0] when run as a script
 
 BATCH, STEPS, INPUT, HIDDEN = 128, 28, 28, 128
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.json:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.json)) or ".")
         with os.fdopen(fd, "w") as f:
-            json.dump({"device": str(device), "threads": torch.get_num_threads(), "results": results}, f, indent=1)
+            json.dump({**header(argv), "device": str(device), "results": results}, f, indent=1)
         os.replace(tmp, args.json)
     return results
 

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from cnncourse.grading import sandbox  # noqa: E402
 from cnncourse.grading.autograde import Limits, _Kernel  # noqa: E402
+from provenance import print_header  # noqa: E402  (benchmarks/ is sys.path[0] for a script)
 
 LAB = ROOT / "labs" / "lab00_tensors.ipynb"
 
@@ -46,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    print_header()
     if not sandbox.available():
         sys.exit("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
     hide = sandbox.hidden_paths(LAB, LAB)

@@ -22,10 +22,7 @@ section 4.2, Figures 1 and 6.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,6 +37,7 @@ from cnncourse.data import load_dataset  # noqa: E402
 from cnncourse.io import atomic_write_text  # noqa: E402
 from cnncourse.models.resnet import cifar_resnet  # noqa: E402
 from cnncourse.train import evaluate, fit, set_seed  # noqa: E402
+from provenance import header, now_utc  # noqa: E402  (benchmarks/ is sys.path[0] for a script)
 
 OUT = Path(__file__).resolve().parents[1] / "book" / "results" / "degradation.json"
 NETWORKS = [("plain", 20), ("residual", 20), ("plain", 56), ("residual", 56)]
@@ -77,13 +75,10 @@ def main(argv: list[str] | None = None) -> dict:
     train = load_dataset("fashion-mnist", "train").take(args.train_size, seed=args.seed)
     test = load_dataset("fashion-mnist", "test").take(args.test_size, seed=args.seed)
     transform = downsample(args.image_size)
-    started = dt.datetime.now().isoformat(timespec="seconds")
+    prov = header(argv)
     results = {
         "experiment": "degradation: plain vs residual 6n+2 networks (He et al. 2016, Figures 1 and 6)",
-        "command": "python benchmarks/degradation.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "started": started, "updated": started, "status": "running",
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "threads": args.threads,
+        **prov, "started": prov["date"], "updated": prov["date"], "status": "running",
         "settings": {"dataset": "fashion-mnist", "train_size": args.train_size, "test_size": args.test_size,
                      "epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size,
                      "optimizer": "adam", "lr": args.lr, "seed": args.seed, "shortcut": "A"},
@@ -100,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  "params": count_parameters(nets[name]), "epochs": []}
 
     def save() -> None:
-        results["updated"] = dt.datetime.now().isoformat(timespec="seconds")
+        results["updated"] = now_utc()
         atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")
 
     save()

@@ -21,10 +21,8 @@ Reference: LeCun et al., Proc. IEEE 86(11), 1998, sections II.B, III.B, III.C.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,6 +37,7 @@ from cnncourse.data import load_dataset  # noqa: E402
 from cnncourse.io import atomic_write_text  # noqa: E402
 from cnncourse.models.lenet import lenet1998_loss, lenet5, lenet_caffe, paper_scaling  # noqa: E402
 from cnncourse.train import evaluate, fit, set_seed  # noqa: E402
+from provenance import header, now_utc  # noqa: E402  (benchmarks/ is sys.path[0] for a script)
 
 OUT = Path(__file__).resolve().parents[1] / "book" / "results" / "lenet_reproduction.json"
 # Section III.C: 0.0005 for 2 passes, 0.0002 for 3, 0.0001 for 3, 0.00005 for 4, 0.00001 after; as factors.
@@ -95,7 +94,7 @@ def run(name: str, model, train, test, *, epochs: int, optimizer, lr_at, transfo
 
 
 def save(results: dict) -> None:
-    results["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    results["updated"] = now_utc()
     atomic_write_text(OUT, json.dumps(results, indent=1) + "\n")
 
 
@@ -113,11 +112,9 @@ def main() -> None:
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
     if args.train_subset:
         train = train.take(args.train_subset, seed=0)
+    prov = header()
     results = {
-        "command": "python benchmarks/reproduce_lenet.py " + " ".join(sys.argv[1:]),
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, torch {torch.__version__}, device {args.device}, "
-                   f"{args.threads} thread(s), shared",
+        **prov, "started": prov["date"], "device": args.device,
         "paper_test_error_pct": {"lenet5-1998": 0.95, "lenet5-1998-distorted": 0.8, "lenet_caffe_claim": 0.62},
         "runs": {},
     }  # fmt: skip
@@ -149,7 +146,7 @@ def main() -> None:
                 results=results, device=args.device)  # fmt: skip
         else:
             raise SystemExit(f"unknown run {name!r}")
-    results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    results["finished"] = now_utc()
     save(results)
 
 

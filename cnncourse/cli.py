@@ -87,20 +87,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     tr, te = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
     if args.train_size:
         tr = tr.take(args.train_size, seed=args.seed)
-    transform, loss_fn = train.input_pipeline(model, tr)  # what the model declares (e.g. LeNet-5 1998: eq. 9)
+    # what the model declares: transform (e.g. LeNet-5 1998: eq. 9), loss and target (an autoencoder's is its input)
+    pipeline = train.input_pipeline(model, tr)
     hist = train.fit(model, tr, te, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
-                     batch_size=args.batch_size, seed=args.seed, transform=transform, loss_fn=loss_fn,
-                     progress=not args.no_progress)
+                     batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, **pipeline._asdict())
     from cnncourse.distributed import is_main
 
     if not is_main():  # under torchrun the other ranks hold the same weights; rank 0 reports and saves
         return 0
     print(hist)
-    print(f"final test accuracy: {hist.last['val_acc']:.4f}")
+    accuracy = hist.last["val_acc"]  # None when the target is not class labels (an autoencoder)
+    if accuracy is None:
+        print(f"final test loss: {hist.last['val_loss']:.4f}")
+    else:
+        print(f"final test accuracy: {accuracy:.4f}")
     if args.out:
         train.save_checkpoint(args.out, model, model_name=args.model, model_kwargs=kwargs,
                               dataset=args.dataset, epochs=args.epochs, seed=args.seed,
-                              test_accuracy=hist.last["val_acc"], history=hist.as_dicts())
+                              test_accuracy=accuracy, test_loss=hist.last["val_loss"], history=hist.as_dicts())
         print(f"saved {args.out}")
     return 0
 

@@ -93,16 +93,26 @@ def _conv_args(input, weight, bias, stride, padding, dilation, op):
     if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (c_out,)):
         got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
         raise ValueError(f"{op} expected bias of shape (C_out,)=({c_out},), got {got}")
+    out = _output_size(input, (k_h, k_w), stride, padding, dilation, op)
+    return stride, padding, dilation, out
+
+
+def _output_size(input, kernel, stride, padding, dilation, op) -> tuple[int, int]:
+    """``(H_out, W_out)`` from :func:`conv_output_size`, after a check whose error names ``op``.
+
+    The one place the output-size formula is applied for the ops' argument checks (``_conv_args``
+    and ``_pool_args``); a kernel wider than the padded input is an error rather than an empty output.
+    """
     h, w = input.shape[2:]
-    span = (dilation[0] * (k_h - 1) + 1, dilation[1] * (k_w - 1) + 1)
+    span = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
     padded = (h + 2 * padding[0], w + 2 * padding[1])
     if span[0] > padded[0] or span[1] > padded[1]:
         raise ValueError(
-            f"{op} expected a kernel no larger than the padded input: kernel spans {span} (K_h, K_w with dilation), "
-            f"padded input is {padded} (H + 2 * padding, W + 2 * padding)"
+            f"{op} expected a kernel no larger than the padded input: kernel spans {span} "
+            f"(dilation * (K - 1) + 1 per axis), padded input is {padded} (H + 2 * padding, W + 2 * padding)"
         )
-    out = ((padded[0] - span[0]) // stride[0] + 1, (padded[1] - span[1]) // stride[1] + 1)
-    return stride, padding, dilation, out
+    return (conv_output_size(h, kernel[0], stride[0], padding[0], dilation[0]),
+            conv_output_size(w, kernel[1], stride[1], padding[1], dilation[1]))
 
 
 def conv2d_naive(
@@ -174,7 +184,8 @@ class _Conv2dFunction(torch.autograd.Function):
         """
         cols = _im2col(input, weight.shape[2:], stride, padding, dilation)  # (N, C_in*K_h*K_w, L)
         w_mat = weight.reshape(weight.shape[0], -1)  # (C_out, C_in*K_h*K_w)
-        out = torch.matmul(w_mat, cols)  # (N, C_out, L)
+        # bmm with the weight broadcast over the batch; torch.matmul would first copy cols into rows
+        out = torch.bmm(w_mat.expand(cols.shape[0], -1, -1), cols)  # (N, C_out, L)
         if bias is not None:
             out += bias.view(1, -1, 1)
         ctx.save_for_backward(cols, weight)
@@ -212,9 +223,10 @@ class _Conv2dFunction(torch.autograd.Function):
                 full = (d_h * (k_h - 1) - p_h, d_w * (k_w - 1) - p_w)  # negative: crop instead of pad
                 g_full = F.pad(grad_out, (full[1], full[1], full[0], full[0]))
                 d_cols = _im2col(g_full, (k_h, k_w), (1, 1), (0, 0), saved.dilation)  # (N, C_out*K_h*K_w, H*W)
-                d_input = torch.matmul(flipped.reshape(c_in, -1), d_cols).view(saved.input_shape)
+                d_input = torch.bmm(flipped.reshape(c_in, -1).expand(g.shape[0], -1, -1), d_cols)
+                d_input = d_input.view(saved.input_shape)
             else:
-                d_cols = torch.matmul(weight.reshape(c_out, -1).t(), g)  # (N, C_in*K_h*K_w, L)
+                d_cols = torch.bmm(weight.reshape(c_out, -1).t().expand(g.shape[0], -1, -1), g)  # (N, C_in*K_h*K_w, L)
                 d_input = F.fold(d_cols, saved.input_shape[2:], (k_h, k_w), dilation=saved.dilation,
                                  padding=saved.padding, stride=saved.stride)
         if ctx.needs_input_grad[1]:
@@ -270,14 +282,7 @@ def _pool_args(input, kernel_size, stride, padding, op):
     _check_non_negative(padding, "padding")
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise ValueError(f"{op} expected padding at most half the kernel size {kernel}, got padding {padding}")
-    h, w = input.shape[2:]
-    padded = (h + 2 * padding[0], w + 2 * padding[1])
-    if kernel[0] > padded[0] or kernel[1] > padded[1]:
-        raise ValueError(
-            f"{op} expected a kernel no larger than the padded input: kernel is {kernel}, "
-            f"padded input is {padded} (H + 2 * padding, W + 2 * padding)"
-        )
-    out = ((padded[0] - kernel[0]) // stride[0] + 1, (padded[1] - kernel[1]) // stride[1] + 1)
+    out = _output_size(input, kernel, stride, padding, (1, 1), op)
     return kernel, stride, padding, out
 
 

@@ -19,7 +19,47 @@ from cnncourse.functional import IntOrPair, _pair
 __all__ = ["AvgPool2d", "Conv2d", "ConvTranspose2d", "MaxPool2d"]
 
 
-class Conv2d(nn.Module):
+class _ConvNd(nn.Module):
+    """What :class:`Conv2d` and :class:`ConvTranspose2d` share, as in torch's ``_ConvNd``.
+
+    Checks and stores the hyper-parameters, creates ``weight`` and ``bias`` and initialises them
+    as torch does. Only the weight's layout differs: ``(C_out, C_in, K_h, K_w)`` for a convolution,
+    ``(C_in, C_out, K_h, K_w)`` when ``transposed``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair,
+                 padding: IntOrPair, dilation: IntOrPair, bias: bool, transposed: bool) -> None:
+        super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"{type(self).__name__} expected positive in_channels and out_channels, "
+                             f"got {in_channels} and {out_channels}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        if min(self.kernel_size) < 1:
+            raise ValueError(f"kernel_size must be positive, got {self.kernel_size}")
+        self.stride, self.padding = _pair(stride, "stride"), _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        channels = (in_channels, out_channels) if transposed else (out_channels, in_channels)
+        self.weight = nn.Parameter(torch.empty(*channels, *self.kernel_size))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform weights and uniform biases, exactly as torch's convolutions do.
+
+        Like torch, the bias bound uses the fan-in computed from the weight's layout,
+        ``weight.shape[1] * K_h * K_w``: ``C_in`` for a convolution, ``C_out`` for a transposed one.
+        """
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.weight.shape[1] * self.kernel_size[0] * self.kernel_size[1])
+            nn.init.uniform_(self.bias, -bound, bound)
+
+
+class Conv2d(_ConvNd):
     """2-D convolution (cross-correlation) built on :func:`cnncourse.functional.conv2d`.
 
     Shapes: input ``(N, C_in, H, W)``, weight ``(C_out, C_in, K_h, K_w)``, bias ``(C_out,)``,
@@ -50,31 +90,7 @@ class Conv2d(nn.Module):
         dilation: IntOrPair = 1,
         bias: bool = True,
     ) -> None:
-        super().__init__()
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(
-                f"Conv2d expected positive in_channels and out_channels, got {in_channels} and {out_channels}"
-            )
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        if min(self.kernel_size) < 1:
-            raise ValueError(f"kernel_size must be positive, got {self.kernel_size}")
-        self.stride, self.padding = _pair(stride, "stride"), _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_channels))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Kaiming-uniform weights and uniform biases, exactly as ``nn.Conv2d`` does."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-            bound = 1 / math.sqrt(fan_in)
-            nn.init.uniform_(self.bias, -bound, bound)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias, transposed=False)
 
     def forward(self, input: Tensor) -> Tensor:
         return cf.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation)
@@ -88,7 +104,7 @@ class Conv2d(nn.Module):
         return s + ("" if self.bias is not None else ", bias=False")
 
 
-class ConvTranspose2d(nn.Module):
+class ConvTranspose2d(_ConvNd):
     """2-D transposed convolution built on :func:`cnncourse.functional.conv_transpose2d`.
 
     Shapes: input ``(N, C_in, H, W)``, weight ``(C_in, C_out, K_h, K_w)``, bias ``(C_out,)``, output
@@ -102,27 +118,8 @@ class ConvTranspose2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
                  padding: IntOrPair = 0, output_padding: IntOrPair = 0, bias: bool = True,
                  dilation: IntOrPair = 1) -> None:
-        super().__init__()
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"ConvTranspose2d expected positive in_channels and out_channels, "
-                             f"got {in_channels} and {out_channels}")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride, self.padding = _pair(stride, "stride"), _pair(padding, "padding")
-        self.output_padding, self.dilation = _pair(output_padding, "output_padding"), _pair(dilation, "dilation")
-        self.weight = nn.Parameter(torch.empty(in_channels, out_channels, *self.kernel_size))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_channels))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Kaiming-uniform weights and uniform biases; torch computes the fan-in from ``weight.shape[1]``."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.out_channels * self.kernel_size[0] * self.kernel_size[1])
-            nn.init.uniform_(self.bias, -bound, bound)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias, transposed=True)
+        self.output_padding = _pair(output_padding, "output_padding")
 
     def forward(self, input: Tensor) -> Tensor:
         return cf.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, self.output_padding,

@@ -11,7 +11,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -242,27 +242,49 @@ def predict(model: nn.Module, images: torch.Tensor | ImageDataset, *, batch_size
         return torch.cat([model(x).argmax(1).cpu() for x in batches])
 
 
-def input_pipeline(model: nn.Module, data: ImageDataset) -> tuple[Transform | None, LossFn | None]:
-    """The batch transform and loss that ``model`` declares for ``data``; ``None`` means fit's defaults.
+class Pipeline(NamedTuple):
+    """What a model declares for training: pass each field to :func:`fit` under the same name."""
+
+    transform: Transform | None
+    loss_fn: LossFn | None
+    target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+
+
+def _inputs_as_target(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The ``target`` for ``training_target = "inputs"``: the network should reproduce its input."""
+    return x
+
+
+_TARGETS = {"labels": None, "inputs": _inputs_as_target}
+
+
+def input_pipeline(model: nn.Module, data: ImageDataset) -> Pipeline:
+    """The batch transform, loss and target that ``model`` declares for ``data``; ``None`` means fit's defaults.
 
     A model may define ``input_transform(mean, std) -> Transform`` (e.g. the 1998 LeNet-5's input
-    scaling) and ``loss_fn(logits, target)``. Otherwise images smaller than the model's
-    ``input_size`` are zero-padded to it (after normalisation) and the loss is cross-entropy.
+    scaling), ``loss_fn(output, target)`` and ``training_target``: ``"labels"`` (the default: class
+    indices, for classifiers) or ``"inputs"`` (the batch itself, for autoencoders). Without an
+    ``input_transform``, images smaller than the model's ``input_size`` are zero-padded to it (after
+    normalisation).
 
     Raises:
-        ValueError: the images are larger than the model's ``input_size``.
+        ValueError: the images are larger than the model's ``input_size``, or ``training_target``
+            is not one of ``"labels"``, ``"inputs"``.
     """
+    name = getattr(model, "training_target", "labels")
+    if name not in _TARGETS:
+        raise ValueError(f"{type(model).__name__}.training_target must be one of {sorted(_TARGETS)}, got {name!r}")
+    target, loss_fn = _TARGETS[name], getattr(model, "loss_fn", None)
     make = getattr(model, "input_transform", None)
-    loss_fn = getattr(model, "loss_fn", None)
     if callable(make):
-        return make(data.mean, data.std), loss_fn
+        return Pipeline(make(data.mean, data.std), loss_fn, target)
     size = getattr(model, "input_size", None)
     h, w = data.images.shape[-2:]
     if size is None or tuple(size[-2:]) == (h, w):
-        return None, loss_fn
+        return Pipeline(None, loss_fn, target)
     if size[-2] < h or size[-1] < w:
         raise ValueError(f"{type(model).__name__} takes {tuple(size)} inputs, smaller than the {h}x{w} images")
-    return pad_to(int(size[-1])), loss_fn
+    return Pipeline(pad_to(int(size[-1])), loss_fn, target)
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **meta: Any) -> None:

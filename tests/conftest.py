@@ -49,3 +49,19 @@ def mnist_train(data_root):
     from cnncourse.data import load_dataset
 
     return load_dataset("mnist", "train", root=data_root)
+
+
+def processes_with(marker: str) -> list[int]:
+    """PIDs of the running processes whose command line contains ``marker`` (read from ``/proc``).
+
+    The grading tests start a child with a unique marker in its arguments, then check that
+    nothing carrying it outlives the kernel.
+    """
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except OSError:  # the process ended while we looked
+            pass
+    return found

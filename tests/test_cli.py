@@ -53,6 +53,25 @@ def test_train_command_pads_for_the_1998_lenet_and_saves(tmp_path, data_root):
     assert 0.0 <= meta["test_accuracy"] <= 1.0 and len(meta["history"]) == 1
 
 
+def test_train_command_trains_an_autoencoder_on_its_inputs(tmp_path, data_root, monkeypatch, capsys):
+    """The model declares its loss and target (the input); the CLI has no autoencoder case.
+
+    In-process (``cli.main``), to save a second torch import in CI.
+    """
+    from cnncourse import cli
+    monkeypatch.setenv("CNNCOURSE_DATA", str(data_root))
+    out = tmp_path / "ae.pt"
+    assert cli.main(["train", "autoencoder", "--train-size", "512", "--epochs", "2", "--no-progress",
+                     "--out", str(out)]) == 0
+    assert "final test loss" in capsys.readouterr().out and out.is_file()
+    from cnncourse.models import autoencoder
+    from cnncourse.train import load_checkpoint
+    meta = load_checkpoint(out, autoencoder())
+    first, last = meta["history"]
+    assert meta["test_accuracy"] is None and first["train_acc"] is None
+    assert last["val_loss"] == meta["test_loss"] < first["val_loss"] < 1.0, meta["history"]
+
+
 def test_data_check_reports_the_folder_really_used(tmp_path, data_root):
     """Regression: with the data under $CNNCOURSE_DATA, an empty --root must not be called verified."""
     import os

@@ -297,7 +297,7 @@ POOL_FNS = [cf.max_pool2d, cf.max_pool2d_naive, cf.avg_pool2d, cf.avg_pool2d_nai
         ((1, 1, 4, 4), dict(kernel_size=2, stride=0), r"stride must be positive, got \(0, 0\)"),
         ((1, 1, 4, 4), dict(kernel_size=2, padding=-1), r"padding must be non-negative, got \(-1, -1\)"),
         ((1, 1, 4, 4), dict(kernel_size=2, padding=2), r"padding at most half the kernel size \(2, 2\), got padding \(2, 2\)"),
-        ((1, 1, 2, 5), dict(kernel_size=3), r"kernel no larger than the padded input: kernel is \(3, 3\), padded input is \(2, 5\)"),
+        ((1, 1, 2, 5), dict(kernel_size=3), r"kernel no larger than the padded input: kernel spans \(3, 3\).*padded input is \(2, 5\)"),
         ((1, 1, 4, 4), dict(kernel_size=(2, 2, 2)), r"kernel_size must be an int or a pair of ints"),
     ],
 )

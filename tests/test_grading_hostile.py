@@ -32,6 +32,8 @@ EXPECTED = json.loads((HOSTILE / "expected.json").read_text())
 sys.path.insert(0, str(HOSTILE))
 from make_hostile import FORK_MARKER, empty_cells  # noqa: E402
 
+from tests.conftest import processes_with  # noqa: E402
+
 # Generous whole-submission time (a loaded 2-core machine); a short per-cell limit ends the hang quickly.
 # CPU seconds; the wall-clock ceiling (2 x) ends a sleeping hang, which is re-run once alone before it counts.
 LIMITS = ["--timeout", "90", "--cell-timeout", "8", "--wall-factor", "2", "--memory", "1500", "--no-progress"]
@@ -48,14 +50,7 @@ def _grade(subs: Path, out: Path, jobs: int) -> None:
 
 
 def _survivors() -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if FORK_MARKER.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(int(pid))
-        except OSError:
-            pass
-    return found
+    return processes_with(FORK_MARKER)
 
 
 def _sha(path: Path) -> str:

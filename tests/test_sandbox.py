@@ -16,6 +16,7 @@ import pytest
 
 import cnncourse
 from cnncourse.grading import sandbox
+from tests.conftest import processes_with
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB00 = ROOT / "labs" / "lab00_tensors.ipynb"
@@ -138,14 +139,7 @@ def test_sandboxed_processes_die_with_their_parent(tmp_path):
     proc = subprocess.Popen([*sandbox.bwrap_prefix(work, work), sys.executable, "-c", child], start_new_session=True)
 
     def survivors() -> list[int]:
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    found.append(int(pid))
-            except OSError:
-                pass
-        return found
+        return processes_with(marker)
 
     try:
         for _ in range(600):                   # a loaded machine may take seconds to start Python

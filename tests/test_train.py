@@ -165,8 +165,23 @@ def test_input_pipeline_reads_what_the_model_declares(mnist_train):
 
     data = mnist_train.take(4)
     x = data.images.float()
-    transform, loss_fn = train.input_pipeline(lenet5(variant="1998"), data)
+    transform, loss_fn, target = train.input_pipeline(lenet5(variant="1998"), data)
     assert transform(x).shape[-2:] == (32, 32) and loss_fn is lenet1998_loss
-    transform, loss_fn = train.input_pipeline(lenet5(variant="textbook", input_size=32), data)
+    transform, loss_fn, target = train.input_pipeline(lenet5(variant="textbook", input_size=32), data)
     assert transform(x).shape[-2:] == (32, 32) and loss_fn is None
-    assert train.input_pipeline(lenet_caffe(), data) == (None, None)
+    assert train.input_pipeline(lenet_caffe(), data) == (None, None, None)
+
+
+def test_input_pipeline_gives_an_autoencoder_its_input_as_target(mnist_train):
+    import torch.nn.functional as F
+
+    from cnncourse.models import conv_autoencoder
+
+    data = mnist_train.take(4)
+    x, y = data.images.float(), data.labels
+    transform, loss_fn, target = train.input_pipeline(conv_autoencoder(), data)
+    assert transform is None and loss_fn is F.mse_loss and target(x, y) is x
+    model = conv_autoencoder()
+    model.training_target = "pixels"
+    with pytest.raises(ValueError, match=r"training_target must be one of \['inputs', 'labels'\], got 'pixels'"):
+        train.input_pipeline(model, data)

@@ -14,7 +14,9 @@ Two regularisers, both options of either family:
   ``sparsity * mean_n ||code_n||_1`` during backward, so any training loop (``train.fit`` included)
   adds the L1 penalty without a special loss. The loss it reports is the reconstruction error alone.
 
-Train any of them with ``fit(model, data, loss_fn=F.mse_loss, target=lambda x, y: x)``.
+Train any of them with ``fit(model, data, loss_fn=F.mse_loss, target=lambda x, y: x)``; both are declared on
+the model (``loss_fn``, ``training_target``), so ``fit(model, data, **input_pipeline(model, data)._asdict())``
+and ``python -m cnncourse train autoencoder`` need no autoencoder case.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from cnncourse import layers
@@ -55,6 +58,10 @@ class _AutoencoderBase(nn.Module):
 
     encoder: nn.Module
     decoder: nn.Module
+    # What training needs besides the weights (read by ``cnncourse.train.input_pipeline``, so the
+    # CLI's ``train`` needs no autoencoder case): squared error against the input itself.
+    loss_fn = staticmethod(F.mse_loss)
+    training_target = "inputs"
 
     def __init__(self, code_size: int, noise_std: float, sparsity: float) -> None:
         super().__init__()
