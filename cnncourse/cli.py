@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_pretrain.add_parser(sub)
     cli_grade.add_parser(sub)
+    from cnncourse import cli_labreport
+
+    cli_labreport.add_parser(sub)
     return p
 
 

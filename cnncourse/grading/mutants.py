@@ -91,7 +91,7 @@ class MutantResult:
             shown = ", ".join(repr(s) for s in self.survived_secrets)
             return f"{m.name} ({m.kind}, {m.question}): passes with secret(s) {shown}"
         if self.status == "collateral":
-            return f"{m.name} ({m.kind}): changes the score of other questions {self.changed}"
+            return f"{m.name} ({m.kind}): changes the score of other questions {self.changed}: {self.detail}"
         return f"{m.name} ({m.kind}, {m.question}): {self.status} {self.detail}".rstrip()
 
 
@@ -228,6 +228,7 @@ class _Session:
         self.kernel = self.channel = None
         self.carry: dict[str, Any] = {}
         self.cost: dict[int, float] = {}
+        self.detail: dict[str, str] = {}  # the last failure of each question, for the report
 
     def start(self) -> dict[str, list[float]]:
         """(Re)start the kernel and run the reference plan; return each question's points per secret."""
@@ -257,7 +258,10 @@ class _Session:
                     self.channel.deadline = time.monotonic() + limit
                     report = run_test(self.channel, item.grade_id, item.public, item.hidden, self.lab.imports,
                                       self.carry, secret)
-                    scores.setdefault(item.grade_id, []).append(_score_report(item, report)["points"])
+                    scored = _score_report(item, report)
+                    scores.setdefault(item.grade_id, []).append(scored["points"])
+                    if not scored["passed"]:
+                        self.detail[item.grade_id] = f"secret {secret!r}: {scored['detail']}"
             self.cost.setdefault(pos, time.monotonic() - t0)
         return scores
 
@@ -313,6 +317,12 @@ def run_suite(lab_path: str | os.PathLike, mutants: list[Mutant] | None = None,
     points = {t.grade_id: t.points for t in lab.tests}
     session = _Session(lab, steps, secrets)
     results: list[MutantResult] = []
+    import torch
+
+    # The tests' own tensor work here is tiny; with several threads on a busy machine each small op
+    # waits for descheduled threads (measured: torch.conv2d on a 2x3x7x6 input, 9 ms instead of 0.05).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         reference = session.start()
         groups: dict[str, list[Mutant]] = {}
@@ -338,10 +348,12 @@ def run_suite(lab_path: str | os.PathLike, mutants: list[Mutant] | None = None,
                 survived = [s for s, p in zip(secrets, got.get(m.question, [])) if p > 0]
                 changed = {q: v for q, v in got.items() if q != m.question and v != reference[q]}
                 status = "survived" if survived else "collateral" if changed else "killed"
-                results.append(MutantResult(m, status, survived, changed, seconds=time.monotonic() - ts))
+                detail = "; ".join(f"{q}: {session.detail.get(q, '')[:300]}" for q in changed)
+                results.append(MutantResult(m, status, survived, changed, detail, time.monotonic() - ts))
             if gi < len(order) - 1:  # restore the reference state that this group's mutants changed
                 students = [p for p in plans[g] if steps[p][0] == "student"]
                 session.run_steps(students, {})
     finally:
         session.close()
+        torch.set_num_threads(threads)
     return SuiteResult(lab.name, points, reference, results, time.monotonic() - t0)
