@@ -39,7 +39,6 @@ import os
 import shutil
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,11 @@ from typing import Any
 import nbformat
 
 from cnncourse.grading.release import BEGIN_SOLUTION, find_regions
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 KINDS = ("off-by-one", "wrong-axis", "transposed-weight", "missing-bias", "missing-scaling", "missing-normalisation",
          "in-place", "misplaced-activation", "misplaced-stride", "partial-check", "hard-coded", "delegates-to-library",
