@@ -39,7 +39,9 @@ def _cmd_lab_report(args: argparse.Namespace) -> int:
         killed: dict[str, int] = {}
         note = ""
         if mutants and not args.no_run:
-            suite = run_suite(lab_path, mutants)
+            show = (lambda r: print(f"  {r.status:<10} {r.seconds:5.1f} s  {r.describe()}", flush=True)) \
+                if args.verbose else None
+            suite = run_suite(lab_path, mutants, progress=show)
             for r in suite.results:
                 killed[r.mutant.question] = killed.get(r.mutant.question, 0) + (r.status == "killed")
             note = f", {suite.seconds:.0f} s" + ("" if suite.reference_ok else ", REFERENCE LOSES POINTS")
@@ -66,4 +68,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("labs", nargs="+", help="source labs or folders of them (e.g. labs/)")
     r.add_argument("--mutants", default=None, help="folder of <lab>.toml mutant files (default: tests/labs)")
     r.add_argument("--no-run", action="store_true", help="only count the mutants (fast); do not grade them")
+    r.add_argument("--verbose", action="store_true", help="print each mutant's result as it is known")
     r.set_defaults(func=_cmd_lab_report)

@@ -305,8 +305,11 @@ def _dependants(steps: list, start: int, question: str) -> list[int]:
 
 
 def run_suite(lab_path: str | os.PathLike, mutants: list[Mutant] | None = None,
-              secrets: tuple[str, ...] = SECRETS) -> SuiteResult:
-    """Grade the reference and every mutant of a source lab through the grader's plan and test code."""
+              secrets: tuple[str, ...] = SECRETS, progress: Any = None) -> SuiteResult:
+    """Grade the reference and every mutant of a source lab through the grader's plan and test code.
+
+    ``progress``, if given, is called with each :class:`MutantResult` as soon as it is known.
+    """
     from cnncourse.grading.autograde import load_lab, plan, read_submission
 
     t0 = time.monotonic()
@@ -347,6 +350,8 @@ def run_suite(lab_path: str | os.PathLike, mutants: list[Mutant] | None = None,
                     got = session.run_steps(todo, {start: source}, limit=120)
                 except Exception as exc:  # noqa: BLE001  (a hang or a crash: restart from the reference)
                     results.append(MutantResult(m, "error", detail=f"{type(exc).__name__}: {str(exc)[:200]}"))
+                    if progress:
+                        progress(results[-1])
                     session.start()
                     continue
                 survived = [s for s, p in zip(secrets, got.get(m.question, [])) if p > 0]
@@ -354,6 +359,8 @@ def run_suite(lab_path: str | os.PathLike, mutants: list[Mutant] | None = None,
                 status = "survived" if survived else "collateral" if changed else "killed"
                 detail = "; ".join(f"{q}: {session.detail.get(q, '')[:300]}" for q in changed)
                 results.append(MutantResult(m, status, survived, changed, detail, time.monotonic() - ts))
+                if progress:
+                    progress(results[-1])
             if gi < len(order) - 1:  # restore the reference state that this group's mutants changed
                 students = [p for p in plans[g] if steps[p][0] == "student"]
                 session.run_steps(students, {})
