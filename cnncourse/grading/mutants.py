@@ -243,7 +243,7 @@ class _Session:
         warm_up(self.lab.imports)
         self.workdir = tempfile.mkdtemp(prefix="cnncourse-mutants-")
         self.kernel = _Kernel(Limits(sandbox=False), self.workdir, time.monotonic() + 600, None)
-        self.channel = self.kernel.connect(120)
+        self.channel = self.kernel.connect(600)  # generous: a busy machine starts kernels slowly
         self.carry = {}
         return self.run_steps(range(len(self.steps)), {})
 
@@ -347,7 +347,7 @@ def run_suite(lab_path: str | os.PathLike, mutants: list[Mutant] | None = None,
                 todo = [start] + _dependants(steps, start, m.question)
                 source = mutated_source(steps[start][1][1], m.region, m.code)
                 try:
-                    got = session.run_steps(todo, {start: source}, limit=120)
+                    got = session.run_steps(todo, {start: source}, limit=600)
                 except Exception as exc:  # noqa: BLE001  (a hang or a crash: restart from the reference)
                     results.append(MutantResult(m, "error", detail=f"{type(exc).__name__}: {str(exc)[:200]}"))
                     if progress:
