@@ -1,4 +1,4 @@
-"""Command line: ``python -m cnncourse {data,train,assign,pretrain,grade,grade-merge,check}``.
+"""Command line: ``python -m cnncourse {data,train,assign,pretrain,grade,grade-merge,check,lab-report}``.
 
 Each subcommand is a small function that parses nothing itself; ``main`` builds the parser.
 """
@@ -156,13 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_cmd_train)
 
-    from cnncourse import cli_pretrain
+    from cnncourse import cli_labreport, cli_pretrain
     from cnncourse.grading import cli_check, cli_grade, merge
 
     cli_pretrain.add_parser(sub)
     cli_grade.add_parser(sub)
     merge.add_parser(sub)
     cli_check.add_parser(sub)
+    cli_labreport.add_parser(sub)
     return p
 
 

@@ -62,7 +62,7 @@ def test_lab_spec_splits_public_and_hidden_tests():
     assert [t.grade_id for t in lab.tests] == ["test_to_nchw", "test_normalize"]
     assert lab.max_total == 4 and lab.required_ids == ("to_nchw", "test_to_nchw", "normalize", "test_normalize")
     first = lab.tests[0]
-    assert "random RGB batch" in first.hidden and "random RGB batch" not in first.public
+    assert "random batch of shape" in first.hidden and "random batch of shape" not in first.public
     assert "HIDDEN" not in first.hidden + first.public and "check_shape(out" in first.public
 
 

@@ -169,11 +169,15 @@ LIAR_TENSOR = '''class _Liar(torch.Tensor):
 
 
 # A student who memorised the public repository's hidden test: right for the public test's MNIST
-# digits and for the hidden test's input (regenerated from its seed, 123), wrong for anything else.
+# digits and for the hidden test's inputs (regenerated from its seed, 123), wrong for anything else.
 MEMORISED = '''def to_nchw(batch):
     g = torch.Generator().manual_seed(123)
-    seen = torch.randint(0, 256, (3, 5, 7, 3), dtype=torch.uint8, generator=g)
-    if batch.shape[-1] == 1 or torch.equal(batch, seen):
+    seen = []
+    for trial in range(3):
+        n, h, w, c = (int(v) for v in torch.randint(1, 7, (4,), generator=g))
+        h, c = w + 1 + h, 3 if trial == 0 else c
+        seen.append(torch.randint(0, 256 if trial < 2 else 100, (n, h, w, c), dtype=torch.uint8, generator=g))
+    if batch.shape[-1] == 1 or any(s.shape == batch.shape and torch.equal(batch, s) for s in seen):
         return batch.permute(0, 3, 1, 2).float() / 255
     return torch.zeros(batch.shape[0], batch.shape[3], batch.shape[1], batch.shape[2])'''
 

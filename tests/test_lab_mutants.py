@@ -1,0 +1,103 @@
+"""Every lab's mutants (tests/labs/<lab>.toml) must fail their question's hidden tests, for every secret tried.
+
+A mutant is a plausible wrong answer, stored as the snippet that replaces a solution region
+(see cnncourse/grading/mutants.py). The suite runs through the grader's own plan and test code;
+one kernel per lab is shared by the reference and its mutants. The labs run in two worker
+processes (the machine has two cores), started once for the whole module.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from cnncourse.grading.mutants import MutantFileError, load_mutants, mutated_source, run_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = sorted((ROOT / "tests" / "labs").glob("*.toml"))
+LAB01 = ROOT / "labs" / "lab01_convolution.ipynb"
+
+
+@pytest.fixture(scope="module")
+def suites():
+    """Each lab's :class:`SuiteResult` (or the exception it raised), computed in parallel once."""
+    labs = [ROOT / "labs" / f"{f.stem}.ipynb" for f in FILES]
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        futures = {lab.stem: pool.submit(run_suite, lab) for lab in labs}
+        out = {}
+        for name, future in futures.items():
+            try:
+                out[name] = future.result()
+            except Exception as exc:  # noqa: BLE001  (reported by the lab's own test)
+                out[name] = exc
+    return out
+
+
+@pytest.mark.parametrize("toml", FILES, ids=[f.stem for f in FILES])
+def test_every_mutant_is_killed_and_the_reference_scores_full_marks(suites, toml):
+    result = suites[toml.stem]
+    if isinstance(result, Exception):
+        raise result
+    wrong = {q: s for q, s in result.reference.items() if any(v != result.points[q] for v in s)}
+    assert not wrong, f"{toml.stem}: the reference loses points (per secret): {wrong}"
+    assert result.results, f"{toml}: no mutants"
+    survivors = [r.describe() for r in result.survivors]
+    assert not survivors, f"{toml.stem}: {len(survivors)} of {len(result.results)} mutants survive:\n" + \
+        "\n".join(survivors)
+
+
+@pytest.mark.parametrize("toml", FILES, ids=[f.stem for f in FILES])
+def test_every_graded_question_has_five_mutants(toml):
+    from cnncourse.grading.autograde import load_lab
+
+    lab = ROOT / "labs" / f"{toml.stem}.ipynb"
+    counts = {t.grade_id: 0 for t in load_lab(lab).tests}
+    for m in load_mutants(toml, lab):
+        counts[m.question] += 1
+    few = {q: n for q, n in counts.items() if n < 5}
+    assert not few, f"{toml.stem}: questions with fewer than 5 mutants: {few}"
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "m.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+GOOD = '''
+    [[mutant]]
+    name = "a"
+    solution = "conv_forward_naive"
+    question = "test_conv_forward_naive"
+    kind = "missing-bias"
+    why = "w"
+    code = "return x"
+'''
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace('name = "a"\n', ""), "missing key(s) name"),
+    (lambda s: s.replace('"conv_forward_naive"\n', '"conv_naive"\n'), "solution 'conv_naive' is not a solution cell"),
+    (lambda s: s.replace('"test_conv_forward_naive"', '"test_nothing"'), "question 'test_nothing' is not a graded"),
+    (lambda s: s.replace('"missing-bias"', '"typo"'), "kind 'typo' is not one of"),
+    (lambda s: s + "    region = 3\n", "region 3 out of range; cell 'conv_forward_naive' has 1 solution region"),
+    (lambda s: s + "    colour = 1\n", "unknown key(s) colour"),
+    (lambda s: s + s, "the name 'a' is used twice"),
+    (lambda s: s.replace("[[mutant]]", "[mutant]"), "expected only [[mutant]] tables"),
+    (lambda s: s.replace('code = "return x"', 'code = "'), "not a readable TOML file"),
+])
+def test_loader_names_file_mutant_and_what_was_expected(tmp_path, edit, message):
+    path = _write(tmp_path, edit(GOOD))
+    with pytest.raises(MutantFileError) as info:
+        load_mutants(path, LAB01)
+    assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_loader_accepts_a_good_file_and_the_snippet_is_reindented(tmp_path):
+    (m,) = load_mutants(_write(tmp_path, GOOD), LAB01)
+    assert (m.name, m.region) == ("a", 0)
+    src = "def f(x):\n    y = 1\n    ### BEGIN SOLUTION\n    return 2\n    ### END SOLUTION\n"
+    assert mutated_source(src, 0, "if x:\n    return x\n") == "def f(x):\n    y = 1\n    if x:\n        return x"
