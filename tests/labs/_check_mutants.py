@@ -76,10 +76,14 @@ def main() -> int:
     carry: dict = {}
     t0 = time.perf_counter()
 
+    snapshot: dict = {}
+
     def grade(gid: str, secret: str) -> tuple[bool, str]:
         t = tests[gid]
         channel.deadline = time.monotonic() + 600
-        rep = run_test(channel, gid, t.public, t.hidden, lab.imports, carry, secret)
+        # each test sees the names earlier tests defined in the reference run, not those of later re-runs
+        # (names that are plain data were also copied into the kernel; that part cannot be undone here)
+        rep = run_test(channel, gid, t.public, t.hidden, lab.imports, carry if not snapshot else dict(snapshot), secret)
         bad = rep["public"] if isinstance(rep["public"], dict) else rep["hidden"] if isinstance(rep["hidden"], dict) else None
         return bad is None, "" if bad is None else f"{bad['type']}: {bad['message'][:160]}"
 
@@ -100,6 +104,7 @@ def main() -> int:
                     print(f"reference cell {i} raised {reply.get('ename')}: {reply.get('evalue')}")
                     return 1
         print(f"reference passes every test under {len(secrets)} secrets ({time.perf_counter() - t0:.0f} s)")
+        snapshot.update(carry)
         killed, report = 0, []
         for m in mutants:
             cell = nb.cells[by_id[m["solution"]]]
