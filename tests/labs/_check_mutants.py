@@ -19,10 +19,10 @@ import sys
 import tempfile
 import textwrap
 import time
-import tomllib
 from pathlib import Path
 
 import nbformat
+import tomllib
 
 from cnncourse.grading.autograde import Limits, _Kernel, load_lab
 from cnncourse.grading.harness import run_test, warm_up
@@ -84,7 +84,7 @@ def main() -> int:
         # each test sees the names earlier tests defined in the reference run, not those of later re-runs
         # (names that are plain data were also copied into the kernel; that part cannot be undone here)
         rep = run_test(channel, gid, t.public, t.hidden, lab.imports, carry if not snapshot else dict(snapshot), secret)
-        bad = rep["public"] if isinstance(rep["public"], dict) else rep["hidden"] if isinstance(rep["hidden"], dict) else None
+        bad = next((rep[part] for part in ("public", "hidden") if isinstance(rep[part], dict)), None)
         return bad is None, "" if bad is None else f"{bad['type']}: {bad['message'][:160]}"
 
     try:
