@@ -100,3 +100,17 @@ def in_student_kernel(factory: Callable[..., Any], *args: Any, **kwargs: Any) ->
     if _REMOTE_BUILD is not None:
         return _REMOTE_BUILD(factory, *args, **kwargs)
     return factory(*args, **kwargs)
+
+
+def call_unchanged(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, bool]:
+    """``(fn(*args, **kwargs), True if fn left every tensor argument unchanged)``.
+
+    For in-place rules: under the autograder a tensor the test passes reaches the student's
+    function as a copy, so a change made in place is invisible to the test. A test therefore
+    calls ``in_student_kernel(call_unchanged, student_fn, x, ...)``, which compares the
+    arguments before and after the call where the function runs.
+    """
+    before = [a.clone() if isinstance(a, torch.Tensor) else None for a in args]
+    out = fn(*args, **kwargs)
+    unchanged = all(b is None or (a.shape == b.shape and torch.equal(a, b)) for a, b in zip(args, before))
+    return out, unchanged
