@@ -71,9 +71,10 @@ nbval: install
 # Lint and type-check the library (configured in pyproject.toml).
 lint: install
 	$(BIN)/ruff check cnncourse
+	$(BIN)/ruff format --check cnncourse
 	$(BIN)/mypy
 
-# Not yet part of `test`: switched on once `ruff format cnncourse` has been applied in one commit.
+# Part of `lint` (so of `test`); kept as its own target for editors and pre-commit hooks.
 format-check: install
 	$(BIN)/ruff format --check cnncourse
 

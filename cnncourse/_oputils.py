@@ -18,8 +18,10 @@ def _pair(value: IntOrPair, name: str) -> tuple[int, int]:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     if isinstance(value, int):
         return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
         return (value[0], value[1])
     raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")

@@ -316,7 +316,8 @@ def _is_conv(module: nn.Module) -> bool:
     # nn.Conv2d, or a drop-in with the same attributes (e.g. cnncourse.layers.Conv2d).
     weight = getattr(module, "weight", None)
     return isinstance(module, nn.Conv2d) or (
-        isinstance(weight, torch.Tensor) and weight.dim() == 4 and hasattr(module, "kernel_size"))
+        isinstance(weight, torch.Tensor) and weight.dim() == 4 and hasattr(module, "kernel_size")
+    )
 
 
 def _weight(module: nn.Module) -> torch.Tensor:

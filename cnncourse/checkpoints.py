@@ -65,20 +65,50 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "lenet5_mnist04": Recipe(
-        "lenet5", {"variant": "textbook", "num_classes": 5}, "mnist", (0, 1, 2, 3, 4), per_class=1000,
-        epochs=3, description="textbook LeNet-5 (28x28) on MNIST digits 0-4, 1,000 images per digit"),
+        "lenet5",
+        {"variant": "textbook", "num_classes": 5},
+        "mnist",
+        (0, 1, 2, 3, 4),
+        per_class=1000,
+        epochs=3,
+        description="textbook LeNet-5 (28x28) on MNIST digits 0-4, 1,000 images per digit",
+    ),
     "resnet20_mnist04": Recipe(
-        "cifar_resnet", {"depth": 20, "num_classes": 5}, "mnist", (0, 1, 2, 3, 4), per_class=300,
-        epochs=3, description="ResNet-20 (CIFAR-style, 1 channel) on MNIST digits 0-4, 300 images per digit"),
+        "cifar_resnet",
+        {"depth": 20, "num_classes": 5},
+        "mnist",
+        (0, 1, 2, 3, 4),
+        per_class=300,
+        epochs=3,
+        description="ResNet-20 (CIFAR-style, 1 channel) on MNIST digits 0-4, 300 images per digit",
+    ),
     "resnet20_fashion": Recipe(
-        "cifar_resnet", {"depth": 20, "num_classes": 10}, "fashion-mnist", None, per_class=200,
-        epochs=3, description="ResNet-20 (CIFAR-style, 1 channel) on Fashion-MNIST, 200 images per class"),
+        "cifar_resnet",
+        {"depth": 20, "num_classes": 10},
+        "fashion-mnist",
+        None,
+        per_class=200,
+        epochs=3,
+        description="ResNet-20 (CIFAR-style, 1 channel) on Fashion-MNIST, 200 images per class",
+    ),
     "lenet5_mnist04_full": Recipe(
-        "lenet5", {"variant": "textbook", "num_classes": 5}, "mnist", (0, 1, 2, 3, 4), per_class=5800,
-        epochs=4, description="textbook LeNet-5 (28x28) on all of MNIST digits 0-4 (5,800 images per digit)"),
+        "lenet5",
+        {"variant": "textbook", "num_classes": 5},
+        "mnist",
+        (0, 1, 2, 3, 4),
+        per_class=5800,
+        epochs=4,
+        description="textbook LeNet-5 (28x28) on all of MNIST digits 0-4 (5,800 images per digit)",
+    ),
     "lenet5_mnist04_ci": Recipe(
-        "lenet5", {"variant": "textbook", "num_classes": 5}, "mnist", (0, 1, 2, 3, 4), per_class=100,
-        epochs=2, description="a seconds-long LeNet-5 recipe that CI re-runs to check determinism"),
+        "lenet5",
+        {"variant": "textbook", "num_classes": 5},
+        "mnist",
+        (0, 1, 2, 3, 4),
+        per_class=100,
+        epochs=2,
+        description="a seconds-long LeNet-5 recipe that CI re-runs to check determinism",
+    ),
 }
 
 
@@ -123,8 +153,12 @@ def platform_fingerprint() -> dict[str, str]:
 
     Reference: https://pytorch.org/docs/stable/notes/randomness.html
     """
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "machine": platform.machine(), "threads": str(THREADS)}
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+        "threads": str(THREADS),
+    }
 
 
 def read_manifest(out_dir: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
@@ -147,18 +181,23 @@ def checkpoint_path(name: str, out_dir: str | os.PathLike | None = None, verify:
     path = folder / f"{name}.pt"
     entry = read_manifest(folder).get(name)
     if not path.is_file() or entry is None:
-        raise FileNotFoundError(f"checkpoint {name!r} is not in {folder} (file or manifest entry missing); "
-                                f"make it with: python -m cnncourse pretrain {name}")
+        raise FileNotFoundError(
+            f"checkpoint {name!r} is not in {folder} (file or manifest entry missing); "
+            f"make it with: python -m cnncourse pretrain {name}"
+        )
     if verify:
         actual = sha256_of(path)
         if actual != entry["sha256"]:
-            raise ValueError(f"{path} has SHA-256 {actual}, but {MANIFEST} records {entry['sha256']}; "
-                             f"the file is corrupt or stale: re-run python -m cnncourse pretrain {name}")
+            raise ValueError(
+                f"{path} has SHA-256 {actual}, but {MANIFEST} records {entry['sha256']}; "
+                f"the file is corrupt or stale: re-run python -m cnncourse pretrain {name}"
+            )
     return path
 
 
-def pretrain(name: str, out_dir: str | os.PathLike | None = None, *, progress: bool = True,
-             write_manifest: bool = True) -> dict[str, Any]:
+def pretrain(
+    name: str, out_dir: str | os.PathLike | None = None, *, progress: bool = True, write_manifest: bool = True
+) -> dict[str, Any]:
     """Train checkpoint ``name`` from its recipe, save it to ``out_dir`` and return its manifest entry.
 
     The run is on the CPU with one thread (see the module docstring), so the same recipe on the same
@@ -183,16 +222,32 @@ def pretrain(name: str, out_dir: str | os.PathLike | None = None, *, progress: b
         train, test = source_data(name, "train"), source_data(name, "test")
         set_seed(r.seed)
         model = build(name)
-        hist = fit(model, train, epochs=r.epochs, lr=r.lr, batch_size=r.batch_size, seed=r.seed,
-                   device="cpu", progress=progress)
+        hist = fit(
+            model,
+            train,
+            epochs=r.epochs,
+            lr=r.lr,
+            batch_size=r.batch_size,
+            seed=r.seed,
+            device="cpu",
+            progress=progress,
+        )
         acc = evaluate(model, test, device="cpu")["accuracy"]
         if acc is None:  # evaluate gives no accuracy when the targets are not class indices
             raise RuntimeError(f"recipe {name!r} must train a classifier; evaluate returned no accuracy")
     finally:
         torch.set_num_threads(threads)
     path = folder / f"{name}.pt"
-    save_checkpoint(path, model, recipe=name, builder=r.model, model_kwargs=r.model_kwargs, seed=r.seed,
-                    epochs=r.epochs, source_accuracy=round(acc, 6))
+    save_checkpoint(
+        path,
+        model,
+        recipe=name,
+        builder=r.model,
+        model_kwargs=r.model_kwargs,
+        seed=r.seed,
+        epochs=r.epochs,
+        source_accuracy=round(acc, 6),
+    )
     entry = {
         "file": path.name,
         "sha256": sha256_of(path),
@@ -254,23 +309,31 @@ def load_pretrained(model_name: str, source: Any, *, allow_download: bool = True
         elif model_name in tvm.list_models():
             model = tvm.get_model(model_name, weights=None, **model_kwargs)
         else:
-            raise ValueError(f"unknown model {model_name!r}; course models: {', '.join(list_models())}; "
-                             f"or any of torchvision.models.list_models()")
+            raise ValueError(
+                f"unknown model {model_name!r}; course models: {', '.join(list_models())}; "
+                f"or any of torchvision.models.list_models()"
+            )
         load_checkpoint(source, model)
         return model
     if model_name not in tvm.list_models():
-        raise ValueError(f"cannot load {source!r}: it is not a course checkpoint ({', '.join(RECIPES)}), "
-                         f"not an existing file, and {model_name!r} is not a torchvision model")
+        raise ValueError(
+            f"cannot load {source!r}: it is not a course checkpoint ({', '.join(RECIPES)}), "
+            f"not an existing file, and {model_name!r} is not a torchvision model"
+        )
     enum = tvm.get_model_weights(model_name)
     if isinstance(source, str):
         if source not in {"DEFAULT", *enum.__members__}:
-            raise ValueError(f"{model_name!r} has no weights {source!r}; candidates: DEFAULT, "
-                             f"{', '.join(enum.__members__)}; or a course checkpoint: {', '.join(RECIPES)}")
+            raise ValueError(
+                f"{model_name!r} has no weights {source!r}; candidates: DEFAULT, "
+                f"{', '.join(enum.__members__)}; or a course checkpoint: {', '.join(RECIPES)}"
+            )
         source = enum[source]
     if not isinstance(source, WeightsEnum):
         raise ValueError(f"source must be a checkpoint name, a file or a weights enum, got {type(source).__name__}")
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(source.url)
     if not cached.is_file() and not allow_download:
-        raise FileNotFoundError(f"{source} is not in torch's cache ({cached}) and allow_download=False; "
-                                f"go online once or copy the file there")
+        raise FileNotFoundError(
+            f"{source} is not in torch's cache ({cached}) and allow_download=False; "
+            f"go online once or copy the file there"
+        )
     return tvm.get_model(model_name, weights=source, **model_kwargs)

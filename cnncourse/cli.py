@@ -22,8 +22,10 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
                 print(f"{name:<14} {split:<6} {'verified':<9} {ds.location} ({len(ds)} images, SHA-256 ok)")
             except data.DatasetNotFoundError:
                 ok = False
-                print(f"{name:<14} {split:<6} {'missing':<9} looked in: "
-                      + ", ".join(str(r) for r in data.candidate_roots(args.root)))
+                print(
+                    f"{name:<14} {split:<6} {'missing':<9} looked in: "
+                    + ", ".join(str(r) for r in data.candidate_roots(args.root))
+                )
             except data.CorruptDatasetError as exc:
                 ok = False
                 print(f"{name:<14} {split:<6} {'CORRUPT':<9} {exc}")
@@ -53,8 +55,7 @@ def _model_kwargs(pairs: list[str], builder=None) -> dict[str, object]:
     """
     import inspect
 
-    defaults = {} if builder is None else {
-        k: p.default for k, p in inspect.signature(builder).parameters.items()}
+    defaults = {} if builder is None else {k: p.default for k, p in inspect.signature(builder).parameters.items()}
     out: dict[str, object] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -89,8 +90,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tr = tr.take(args.train_size, seed=args.seed)
     # what the model declares: transform (e.g. LeNet-5 1998: eq. 9), loss and target (an autoencoder's is its input)
     pipeline = train.input_pipeline(model, tr)
-    hist = train.fit(model, tr, te, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
-                     batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, **pipeline._asdict())
+    hist = train.fit(
+        model,
+        tr,
+        te,
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+        **pipeline._asdict(),
+    )
     from cnncourse.distributed import is_main
 
     if not is_main():  # under torchrun the other ranks hold the same weights; rank 0 reports and saves
@@ -102,9 +113,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"final test accuracy: {accuracy:.4f}")
     if args.out:
-        train.save_checkpoint(args.out, model, model_name=args.model, model_kwargs=kwargs,
-                              dataset=args.dataset, epochs=args.epochs, seed=args.seed,
-                              test_accuracy=accuracy, test_loss=hist.last["val_loss"], history=hist.as_dicts())
+        train.save_checkpoint(
+            args.out,
+            model,
+            model_name=args.model,
+            model_kwargs=kwargs,
+            dataset=args.dataset,
+            epochs=args.epochs,
+            seed=args.seed,
+            test_accuracy=accuracy,
+            test_loss=hist.last["val_loss"],
+            history=hist.as_dicts(),
+        )
         print(f"saved {args.out}")
     return 0
 
@@ -131,8 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True)
     check = dsub.add_parser("check", help="list which datasets are found where, with checksums")
     check.add_argument("--root", default=None, help="a data folder to search first")
-    check.add_argument("--dataset", action="append", type=_dataset_name, default=None,
-                       help="check only this dataset (repeatable; default all)")
+    check.add_argument(
+        "--dataset",
+        action="append",
+        type=_dataset_name,
+        default=None,
+        help="check only this dataset (repeatable; default all)",
+    )
     check.set_defaults(func=_cmd_data_check)
 
     a = sub.add_parser("assign", help="release student versions of source labs")
@@ -149,9 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=128, help="per process under torchrun")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--train-size", type=int, default=None, help="train on a random subset of this size")
-    t.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="keyword argument for the model builder, e.g. variant=1998 or depth=56 (repeatable); "
-                        "inputs are padded to the model's input_size")
+    t.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword argument for the model builder, e.g. variant=1998 or depth=56 (repeatable); "
+        "inputs are padded to the model's input_size",
+    )
     t.add_argument("--out", type=Path, default=None, help="checkpoint path")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_cmd_train)

@@ -39,15 +39,20 @@ def _cmd_lab_report(args: argparse.Namespace) -> int:
         killed: dict[str, int] = {}
         note = ""
         if mutants and not args.no_run:
-            show = (lambda r: print(f"  {r.status:<10} {r.seconds:5.1f} s  {r.describe()}", flush=True)) \
-                if args.verbose else None
+            show = (
+                (lambda r: print(f"  {r.status:<10} {r.seconds:5.1f} s  {r.describe()}", flush=True))
+                if args.verbose
+                else None
+            )
             suite = run_suite(lab_path, mutants, progress=show)
             for r in suite.results:
                 killed[r.mutant.question] = killed.get(r.mutant.question, 0) + (r.status == "killed")
             note = f", {suite.seconds:.0f} s" + ("" if suite.reference_ok else ", REFERENCE LOSES POINTS")
             complete &= suite.reference_ok
-        print(f"\n{lab.name}  ({lab.max_total:g} points, {len(mutants)} mutants{note}"
-              f"{'' if toml.is_file() else ', no ' + str(toml)})")
+        print(
+            f"\n{lab.name}  ({lab.max_total:g} points, {len(mutants)} mutants{note}"
+            f"{'' if toml.is_file() else ', no ' + str(toml)})"
+        )
         print(f"  {'question':<34} {'points':>6} {'mutants':>7} {'killed':>8}")
         for t in lab.tests:
             n = sum(m.question == t.grade_id for m in mutants)
@@ -56,8 +61,12 @@ def _cmd_lab_report(args: argparse.Namespace) -> int:
             complete &= n >= 5 and (args.no_run or killed.get(t.grade_id, 0) == n)
         total_mutants += len(mutants)
         total_killed += sum(killed.values())
-    rate = "not run" if args.no_run else f"{total_killed}/{total_mutants} killed" + (
-        f" ({total_killed / total_mutants:.0%})" if total_mutants else "")
+    rate = (
+        "not run"
+        if args.no_run
+        else f"{total_killed}/{total_mutants} killed"
+        + (f" ({total_killed / total_mutants:.0%})" if total_mutants else "")
+    )
     print(f"\ntotal: {len(labs)} labs, {total_mutants} mutants, {rate}; goal: >= 5 mutants per question, 100% killed")
     return 0 if complete else 1
 

@@ -25,8 +25,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
             return 2
     for name in names:
         entry = checkpoints.pretrain(name, args.out_dir, progress=not args.no_progress)
-        print(f"{name}: source accuracy {entry['source_accuracy']:.4f}, {entry['bytes']:,} bytes, "
-              f"sha256 {entry['sha256']}")
+        print(
+            f"{name}: source accuracy {entry['source_accuracy']:.4f}, {entry['bytes']:,} bytes, "
+            f"sha256 {entry['sha256']}"
+        )
     return 0
 
 

@@ -40,8 +40,7 @@ _SPECS = {
     "mnist": _Spec(
         folder="MNIST",
         torchvision_class="MNIST",
-        classes=tuple(f"{d} - {w}" for d, w in enumerate(
-            "zero one two three four five six seven eight nine".split())),
+        classes=tuple(f"{d} - {w}" for d, w in enumerate("zero one two three four five six seven eight nine".split())),
         mean=0.1307,
         std=0.3081,
         sha256={
@@ -54,8 +53,18 @@ _SPECS = {
     "fashion-mnist": _Spec(
         folder="FashionMNIST",
         torchvision_class="FashionMNIST",
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
         mean=0.2860,
         std=0.3530,
         sha256={
@@ -135,7 +144,7 @@ def _read_idx(path: Path) -> np.ndarray:
     """Parse an uncompressed IDX file (big-endian header, then uint8 data)."""
     raw = path.read_bytes()
     ndim = raw[3]
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     if raw[2] != 0x08 or len(raw) - offset != int(np.prod(dims)):
         raise CorruptDatasetError(f"{path} is not a uint8 IDX file of shape {dims}")
@@ -196,8 +205,16 @@ class ImageDataset(Dataset):
     works with ``torch.utils.data.DataLoader``; for speed use :class:`BatchLoader`.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
-                 mean: float, std: float, name: str = "dataset", location: Path | None = None) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        classes: Sequence[str],
+        mean: float,
+        std: float,
+        name: str = "dataset",
+        location: Path | None = None,
+    ) -> None:
         if images.dim() != 4 or images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
@@ -218,8 +235,9 @@ class ImageDataset(Dataset):
     def subset(self, indices: torch.Tensor | Sequence[int]) -> ImageDataset:
         """A new dataset with the rows at ``indices`` (a list, index tensor or bool mask)."""
         idx = torch.as_tensor(indices)
-        return ImageDataset(self.images[idx], self.labels[idx], self.classes, self.mean, self.std, self.name,
-                            self.location)
+        return ImageDataset(
+            self.images[idx], self.labels[idx], self.classes, self.mean, self.std, self.name, self.location
+        )
 
     def filter_classes(self, classes: Sequence[int], relabel: bool = True) -> ImageDataset:
         """Keep only the labels in ``classes``; with ``relabel`` they become ``0..k-1`` in the given order."""
@@ -249,8 +267,9 @@ class ImageDataset(Dataset):
         return self.subset(torch.randperm(len(self), generator=g)[:n].sort().values)
 
 
-def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None,
-                 download: bool | None = None) -> ImageDataset:
+def load_dataset(
+    name: str, split: str = "train", root: str | os.PathLike | None = None, download: bool | None = None
+) -> ImageDataset:
     """Load MNIST or Fashion-MNIST into memory.
 
     Args:
@@ -309,11 +328,13 @@ def pad_to(size: int) -> Transform:
 
     Padding happens after normalisation, so the border takes the value 0 (the mean), not black.
     """
+
     def pad(x: torch.Tensor) -> torch.Tensor:
         dh, dw = size - x.shape[-2], size - x.shape[-1]
         if dh < 0 or dw < 0:
             raise ValueError(f"cannot pad {tuple(x.shape[-2:])} images to {size}x{size}")
         return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+
     return pad
 
 
@@ -333,6 +354,7 @@ def random_crop_flip(pad: int = 2, flip: bool = True, generator: torch.Generator
     Equivalent to AlexNet's random crops of a padded image, done for a whole batch with one
     gather instead of per-image Python. Reference: Krizhevsky et al., NeurIPS 2012, section 4.1.
     """
+
     def augment(x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         padded = F.pad(x, (pad, pad, pad, pad))
@@ -340,13 +362,17 @@ def random_crop_flip(pad: int = 2, flip: bool = True, generator: torch.Generator
         ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         rows = (oy[:, None] + torch.arange(h)[None]).to(x.device)  # (N, H)
         cols = (ox[:, None] + torch.arange(w)[None]).to(x.device)  # (N, W)
-        out = padded[torch.arange(n, device=x.device)[:, None, None, None],
-                     torch.arange(x.shape[1], device=x.device)[None, :, None, None],
-                     rows[:, None, :, None], cols[:, None, None, :]]
+        out = padded[
+            torch.arange(n, device=x.device)[:, None, None, None],
+            torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
         if flip:
             mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
             out[mask] = out[mask].flip(-1)
         return out
+
     return augment
 
 
@@ -371,6 +397,7 @@ def permute_pixels(seed: int = 0, size: tuple[int, int] = (28, 28)) -> Transform
         if tuple(x.shape[-2:]) != tuple(size):
             raise ValueError(f"permute_pixels expected images of size {size}, got {tuple(x.shape[-2:])}")
         return x.flatten(-2)[..., perm.to(x.device)].reshape(x.shape)
+
     return permute
 
 
@@ -382,11 +409,13 @@ def add_noise(std: float, generator: torch.Generator | None = None) -> Transform
     def noisy(x: torch.Tensor) -> torch.Tensor:
         eps = torch.randn(x.shape, generator=generator).to(x.device)
         return x + std * eps
+
     return noisy
 
 
-def noisy_pairs(data: ImageDataset, std: float, seed: int = 0, normalize: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def noisy_pairs(
+    data: ImageDataset, std: float, seed: int = 0, normalize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole dataset as ``(noisy, clean)`` float tensors ``(N, C, H, W)``, the noise fixed by ``seed``.
 
     ``clean`` is normalised like :class:`BatchLoader` batches (unless ``normalize=False``: [0, 1]);
@@ -406,9 +435,17 @@ class BatchLoader:
     Shuffling uses its own seeded generator, so epoch ``k`` of seed ``s`` is always the same order.
     """
 
-    def __init__(self, data: ImageDataset, batch_size: int = 128, shuffle: bool = False, seed: int = 0,
-                 normalize: bool = True, transform: Transform | None = None, device: str | torch.device = "cpu",
-                 drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        data: ImageDataset,
+        batch_size: int = 128,
+        shuffle: bool = False,
+        seed: int = 0,
+        normalize: bool = True,
+        transform: Transform | None = None,
+        device: str | torch.device = "cpu",
+        drop_last: bool = False,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
@@ -427,7 +464,7 @@ class BatchLoader:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         order = order.to(self.images.device)
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.images[idx].float().div_(255)
             if self.normalize:
                 x = x.sub_(self.data.mean).div_(self.data.std)

@@ -84,9 +84,9 @@ def shard_batches(order: torch.Tensor, batch_size: int, rank: int, world_size: i
     step = batch_size * world_size
     shards = []
     for start in range(0, usable, step):
-        chunk = order[start:min(start + step, usable)]
+        chunk = order[start : min(start + step, usable)]
         per_rank = len(chunk) // world_size
-        shards.append(chunk[rank * per_rank:(rank + 1) * per_rank])
+        shards.append(chunk[rank * per_rank : (rank + 1) * per_rank])
     return shards
 
 
@@ -97,8 +97,17 @@ class ShardedBatchLoader(BatchLoader):
     :func:`shard_batches` picks its part; nothing is sent between processes. ``batch_size`` is per rank.
     """
 
-    def __init__(self, data: ImageDataset, batch_size: int, *, rank: int, world_size: int, seed: int = 0,
-                 transform: Transform | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        data: ImageDataset,
+        batch_size: int,
+        *,
+        rank: int,
+        world_size: int,
+        seed: int = 0,
+        transform: Transform | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         super().__init__(data, batch_size, shuffle=True, seed=seed, transform=transform, device=device)
         self.rank, self.world_size = rank, world_size
 
@@ -141,8 +150,15 @@ class Context:
         """The training batches of this rank: ``batch_size`` samples per rank per step."""
         if self.world_size == 1:
             return BatchLoader(data, batch_size, shuffle=True, seed=seed, transform=transform, device=self.device)
-        return ShardedBatchLoader(data, batch_size, rank=self.rank, world_size=self.world_size, seed=seed,
-                                  transform=transform, device=self.device)
+        return ShardedBatchLoader(
+            data,
+            batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=seed,
+            transform=transform,
+            device=self.device,
+        )
 
     def sum(self, *values: float) -> tuple[Any, ...]:
         """Each value summed over all ranks (one ``all_reduce`` in float64), keeping its type (int or float)."""
@@ -152,8 +168,9 @@ class Context:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return tuple(type(v)(s) for v, s in zip(values, t.tolist()))
 
-    def evaluate(self, evaluate: Callable[..., dict[str, Any]], model: nn.Module, data: ImageDataset,
-                 **kwargs: Any) -> dict[str, Any]:
+    def evaluate(
+        self, evaluate: Callable[..., dict[str, Any]], model: nn.Module, data: ImageDataset, **kwargs: Any
+    ) -> dict[str, Any]:
         """``evaluate(model, data, **kwargs)`` with each rank scoring a contiguous ``1/W`` of ``data``.
 
         The per-rank means are turned back into sums, added over ranks and divided by ``len(data)``,
@@ -206,8 +223,10 @@ def run_on_ranks(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeou
     folder = tempfile.mkdtemp(prefix="cnncourse-ranks-")
     store = os.path.join(folder, "store")  # the ranks meet in a file: no port to pick, none to collide
     pipes = [ctx.Pipe(duplex=False) for _ in range(world_size)]
-    procs = [ctx.Process(target=_rank_main, args=(fn, args, r, world_size, store, pipes[r][1]), daemon=True)
-             for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_rank_main, args=(fn, args, r, world_size, store, pipes[r][1]), daemon=True)
+        for r in range(world_size)
+    ]
     for p, (_, send) in zip(procs, pipes):
         p.start()
         send.close()  # the child holds the sending end; its exit then reads as end-of-file here
@@ -217,9 +236,11 @@ def run_on_ranks(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeou
         while pending:  # the first rank to fail is reported at once; the others are then killed
             ready = mp_connection.wait(list(pending), timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
-                raise RuntimeError(f"rank(s) {sorted(pending.values())} of {world_size} did not finish within "
-                                   f"{timeout:.0f} s: is a rank waiting in a collective (all_reduce, barrier) that "
-                                   f"another rank never calls?")
+                raise RuntimeError(
+                    f"rank(s) {sorted(pending.values())} of {world_size} did not finish within "
+                    f"{timeout:.0f} s: is a rank waiting in a collective (all_reduce, barrier) that "
+                    f"another rank never calls?"
+                )
             for receive in ready:
                 r = pending.pop(receive)  # type: ignore[call-overload]
                 try:
@@ -239,8 +260,9 @@ def run_on_ranks(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeou
     return replies
 
 
-def _shard_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     average: Callable[[nn.Module], Any] | None) -> dict[str, torch.Tensor]:
+def _shard_gradients(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, average: Callable[[nn.Module], Any] | None
+) -> dict[str, torch.Tensor]:
     r, w = dist.get_rank(), dist.get_world_size()
     net = model if average is not None else nn.parallel.DistributedDataParallel(model)
     loss = nn.functional.cross_entropy(net(torch.tensor_split(x, w)[r]), torch.tensor_split(y, w)[r])
@@ -250,9 +272,14 @@ def _shard_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
-def data_parallel_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                            average: Callable[[nn.Module], Any] | None = None,
-                            world_size: int = 2) -> list[dict[str, torch.Tensor]]:
+def data_parallel_gradients(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    average: Callable[[nn.Module], Any] | None = None,
+    world_size: int = 2,
+) -> list[dict[str, torch.Tensor]]:
     """The gradient each rank holds after one data-parallel backward pass, one dict per rank.
 
     Rank ``r`` of ``world_size`` forked processes (:func:`run_on_ranks`) takes the ``r``-th contiguous
@@ -294,8 +321,9 @@ def context(device: torch.device) -> Context:
     if not dist.is_initialized():
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"data-parallel training runs on 'cpu' (gloo) or 'cuda' (nccl), got device {device}")
-        dist.init_process_group(backend_for(device), init_method="env://",
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend_for(device), init_method="env://", device_id=device if device.type == "cuda" else None
+        )
         _CREATED_HERE = True
         atexit.register(_destroy)
     return Context(dist.get_rank(), dist.get_world_size(), device)

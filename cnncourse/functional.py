@@ -111,8 +111,10 @@ def _output_size(input, kernel, stride, padding, dilation, op) -> tuple[int, int
             f"{op} expected a kernel no larger than the padded input: kernel spans {span} "
             f"(dilation * (K - 1) + 1 per axis), padded input is {padded} (H + 2 * padding, W + 2 * padding)"
         )
-    return (conv_output_size(h, kernel[0], stride[0], padding[0], dilation[0]),
-            conv_output_size(w, kernel[1], stride[1], padding[1], dilation[1]))
+    return (
+        conv_output_size(h, kernel[0], stride[0], padding[0], dilation[0]),
+        conv_output_size(w, kernel[1], stride[1], padding[1], dilation[1]),
+    )
 
 
 def conv2d_naive(
@@ -227,8 +229,14 @@ class _Conv2dFunction(torch.autograd.Function):
                 d_input = d_input.view(saved.input_shape)
             else:
                 d_cols = torch.bmm(weight.reshape(c_out, -1).t().expand(g.shape[0], -1, -1), g)  # (N, C_in*K_h*K_w, L)
-                d_input = F.fold(d_cols, saved.input_shape[2:], (k_h, k_w), dilation=saved.dilation,
-                                 padding=saved.padding, stride=saved.stride)
+                d_input = F.fold(
+                    d_cols,
+                    saved.input_shape[2:],
+                    (k_h, k_w),
+                    dilation=saved.dilation,
+                    padding=saved.padding,
+                    stride=saved.stride,
+                )
         if ctx.needs_input_grad[1]:
             d_weight = torch.bmm(g, cols.transpose(1, 2)).sum(0).view(weight.shape)
         if saved.has_bias and ctx.needs_input_grad[2]:

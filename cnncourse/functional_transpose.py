@@ -30,8 +30,9 @@ from cnncourse._oputils import IntOrPair, _check_non_negative, _check_positive, 
 __all__ = ["conv_transpose2d", "conv_transpose2d_naive", "conv_transpose_output_size"]
 
 
-def conv_transpose_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, output_padding: int = 0,
-                               dilation: int = 1) -> int:
+def conv_transpose_output_size(
+    size: int, kernel: int, stride: int = 1, padding: int = 0, output_padding: int = 0, dilation: int = 1
+) -> int:
     """Length of a transposed-convolution output along one axis.
 
     ``out = (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1``
@@ -48,12 +49,16 @@ def conv_transpose_output_size(size: int, kernel: int, stride: int = 1, padding:
     if padding < 0 or output_padding < 0:
         raise ValueError(f"padding and output_padding must be non-negative, got {padding} and {output_padding}")
     if output_padding >= max(stride, dilation):
-        raise ValueError(f"output_padding must be smaller than stride or dilation, got output_padding={output_padding}"
-                         f" with stride={stride}, dilation={dilation}")
+        raise ValueError(
+            f"output_padding must be smaller than stride or dilation, got output_padding={output_padding}"
+            f" with stride={stride}, dilation={dilation}"
+        )
     out = (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
     if out < 1:
-        raise ValueError(f"padding {padding} leaves no output: (size - 1) * stride - 2 * padding + dilation * "
-                         f"(kernel - 1) + output_padding + 1 = {out}; expected at least 1")
+        raise ValueError(
+            f"padding {padding} leaves no output: (size - 1) * stride - 2 * padding + dilation * "
+            f"(kernel - 1) + output_padding + 1 = {out}; expected at least 1"
+        )
     return out
 
 
@@ -73,12 +78,17 @@ def _transpose_args(input, weight, bias, stride, padding, output_padding, groups
     if input.shape[1] != c_in:
         raise ValueError(
             f"{op} expected input with C_in={c_in} channels to match weight of shape (C_in, C_out, K_h, K_w)="
-            f"{tuple(weight.shape)}, got input with {input.shape[1]} channels (shape {tuple(input.shape)})")
+            f"{tuple(weight.shape)}, got input with {input.shape[1]} channels (shape {tuple(input.shape)})"
+        )
     if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (c_out,)):
         got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
         raise ValueError(f"{op} expected bias of shape (C_out,)=({c_out},), got {got}")
-    out = tuple(conv_transpose_output_size(input.shape[2 + a], weight.shape[2 + a], stride[a], padding[a],
-                                           output_padding[a], dilation[a]) for a in range(2))
+    out = tuple(
+        conv_transpose_output_size(
+            input.shape[2 + a], weight.shape[2 + a], stride[a], padding[a], output_padding[a], dilation[a]
+        )
+        for a in range(2)
+    )
     return stride, padding, output_padding, dilation, out
 
 
@@ -87,9 +97,16 @@ def _canvas_size(in_size, kernel, stride, dilation):
     return tuple((in_size[a] - 1) * stride[a] + dilation[a] * (kernel[a] - 1) + 1 for a in range(2))
 
 
-def conv_transpose2d_naive(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: IntOrPair = 1,
-                           padding: IntOrPair = 0, output_padding: IntOrPair = 0, groups: int = 1,
-                           dilation: IntOrPair = 1) -> Tensor:
+def conv_transpose2d_naive(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    output_padding: IntOrPair = 0,
+    groups: int = 1,
+    dilation: IntOrPair = 1,
+) -> Tensor:
     """Transposed convolution with explicit loops: each input pixel adds a scaled kernel onto the output.
 
     Pixel ``(i, j)`` of image ``n`` adds ``sum_c input[n, c, i, j] * weight[c]`` (a ``(C_out, K_h, K_w)``
@@ -111,7 +128,8 @@ def conv_transpose2d_naive(input: Tensor, weight: Tensor, bias: Tensor | None = 
     arXiv:1603.07285 (2016), section 4.
     """
     (s_h, s_w), (p_h, p_w), (o_h, o_w), (d_h, d_w), (h_out, w_out) = _transpose_args(
-        input, weight, bias, stride, padding, output_padding, groups, dilation, "conv_transpose2d_naive")
+        input, weight, bias, stride, padding, output_padding, groups, dilation, "conv_transpose2d_naive"
+    )
     n_images, _, h, w = input.shape
     k_h, k_w = weight.shape[2:]
     c_h, c_w = _canvas_size((h, w), (k_h, k_w), (s_h, s_w), (d_h, d_w))
@@ -123,7 +141,7 @@ def conv_transpose2d_naive(input: Tensor, weight: Tensor, bias: Tensor | None = 
                 rows = slice(i * s_h, i * s_h + d_h * (k_h - 1) + 1, d_h)
                 cols = slice(j * s_w, j * s_w + d_w * (k_w - 1) + 1, d_w)
                 canvas[n, :, rows, cols] = canvas[n, :, rows, cols] + patch
-    out = canvas[:, :, p_h:p_h + h_out, p_w:p_w + w_out]
+    out = canvas[:, :, p_h : p_h + h_out, p_w : p_w + w_out]
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
@@ -167,7 +185,7 @@ class _ConvTranspose2dFunction(torch.autograd.Function):
         cols = w_mat.t() @ input.reshape(n, c_in, h * w)  # (N, C_out*K_h*K_w, H*W): one kernel copy per pixel
         full = F.fold(cols, canvas, kernel, dilation=dilation, stride=stride)  # (N, C_out, canvas_h, canvas_w)
         full = F.pad(full, (0, output_padding[1], 0, output_padding[0]))  # zero rows/cols that nothing reached
-        out = full[:, :, padding[0]:padding[0] + out_size[0], padding[1]:padding[1] + out_size[1]]
+        out = full[:, :, padding[0] : padding[0] + out_size[0], padding[1] : padding[1] + out_size[1]]
         if bias is not None:
             out = out + bias.view(1, -1, 1, 1)
         ctx.save_for_backward(input, weight)
@@ -192,8 +210,8 @@ class _ConvTranspose2dFunction(torch.autograd.Function):
         kernel = tuple(weight.shape[2:])
         # undo the crop: the gradient of the canvas is grad_out placed back at its offset, zero elsewhere
         g = grad_out.new_zeros(n, grad_out.shape[1], canvas[0] + grad_out.shape[2], canvas[1] + grad_out.shape[3])
-        g[:, :, padding[0]:padding[0] + grad_out.shape[2], padding[1]:padding[1] + grad_out.shape[3]] = grad_out
-        g = g[:, :, :canvas[0], :canvas[1]]
+        g[:, :, padding[0] : padding[0] + grad_out.shape[2], padding[1] : padding[1] + grad_out.shape[3]] = grad_out
+        g = g[:, :, : canvas[0], : canvas[1]]
         g_cols = _im2col(g, kernel, stride, (0, 0), dilation)  # (N, C_out*K_h*K_w, H*W): what each pixel touched
         d_input = d_weight = d_bias = None
         if ctx.needs_input_grad[0]:
@@ -206,9 +224,16 @@ class _ConvTranspose2dFunction(torch.autograd.Function):
         return d_input, d_weight, d_bias, None, None, None, None, None
 
 
-def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: IntOrPair = 1,
-                     padding: IntOrPair = 0, output_padding: IntOrPair = 0, groups: int = 1,
-                     dilation: IntOrPair = 1) -> Tensor:
+def conv_transpose2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    output_padding: IntOrPair = 0,
+    groups: int = 1,
+    dilation: IntOrPair = 1,
+) -> Tensor:
     """Vectorised transposed convolution: one matrix product, then col2im (``fold``); hand-written backward.
 
     ``conv_transpose2d(y, W, stride=s, padding=p)`` equals the gradient of
@@ -237,5 +262,6 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
     https://pytorch.org/docs/stable/generated/torch.nn.functional.conv_transpose2d.html
     """
     stride, padding, output_padding, dilation, out = _transpose_args(
-        input, weight, bias, stride, padding, output_padding, groups, dilation, "conv_transpose2d")
+        input, weight, bias, stride, padding, output_padding, groups, dilation, "conv_transpose2d"
+    )
     return _ConvTranspose2dFunction.apply(input, weight, bias, stride, padding, output_padding, dilation, out)

@@ -27,12 +27,23 @@ class _ConvNd(nn.Module):
     ``(C_in, C_out, K_h, K_w)`` when ``transposed``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair,
-                 padding: IntOrPair, dilation: IntOrPair, bias: bool, transposed: bool) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrPair,
+        stride: IntOrPair,
+        padding: IntOrPair,
+        dilation: IntOrPair,
+        bias: bool,
+        transposed: bool,
+    ) -> None:
         super().__init__()
         if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"{type(self).__name__} expected positive in_channels and out_channels, "
-                             f"got {in_channels} and {out_channels}")
+            raise ValueError(
+                f"{type(self).__name__} expected positive in_channels and out_channels, "
+                f"got {in_channels} and {out_channels}"
+            )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = _pair(kernel_size, "kernel_size")
         if min(self.kernel_size) < 1:
@@ -115,19 +126,30 @@ class ConvTranspose2d(_ConvNd):
     names, shapes and initialisation, so state dicts load both ways).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
-                 padding: IntOrPair = 0, output_padding: IntOrPair = 0, bias: bool = True,
-                 dilation: IntOrPair = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        output_padding: IntOrPair = 0,
+        bias: bool = True,
+        dilation: IntOrPair = 1,
+    ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias, transposed=True)
         self.output_padding = _pair(output_padding, "output_padding")
 
     def forward(self, input: Tensor) -> Tensor:
-        return cf.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, self.output_padding,
-                                   1, self.dilation)
+        return cf.conv_transpose2d(
+            input, self.weight, self.bias, self.stride, self.padding, self.output_padding, 1, self.dilation
+        )
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, output_padding={self.output_padding}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, output_padding={self.output_padding}"
+        )
 
 
 class _Pool2d(nn.Module):

@@ -279,8 +279,9 @@ def animation_html(anim: animation.Animation, alt: str | None = None) -> str:
         out = anim.to_html5_video()
         tag, attr = "<video", "aria-label"
     else:
-        out = re.sub(r'<link rel="stylesheet"\s+href="https?://[^"]*font-awesome[^"]*">', "",
-                     anim.to_jshtml(default_mode="loop"))
+        out = re.sub(
+            r'<link rel="stylesheet"\s+href="https?://[^"]*font-awesome[^"]*">', "", anim.to_jshtml(default_mode="loop")
+        )
         tag, attr = "<img", "alt"
     if alt is not None:
         out = out.replace(tag, f'{tag} {attr}="{html.escape(alt.strip(), quote=True)}"', 1)
@@ -296,7 +297,8 @@ def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int
     labels, preds = torch.as_tensor(labels).long().cpu(), torch.as_tensor(preds).long().cpu()
     if labels.dim() != 1 or labels.shape != preds.shape:
         raise ValueError(
-            f"expected labels and preds of equal shape (N,), got {tuple(labels.shape)} and {tuple(preds.shape)}")
+            f"expected labels and preds of equal shape (N,), got {tuple(labels.shape)} and {tuple(preds.shape)}"
+        )
     k = num_classes or int(max(labels.max(), preds.max())) + 1
     return torch.bincount(labels * k + preds, minlength=k * k).reshape(k, k)
 

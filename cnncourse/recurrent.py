@@ -22,11 +22,15 @@ def _check_sequence(x: Tensor, h: Tensor, weight_ih: Tensor, weight_hh: Tensor, 
         raise ValueError(f"{op} expected input of shape (N, T, I) (3 dimensions), got {got}")
     hidden = weight_hh.shape[1]
     if tuple(weight_ih.shape) != (gates * hidden, x.shape[2]):
-        raise ValueError(f"{op} expected weight_ih of shape ({gates}*H, I)=({gates * hidden}, {x.shape[2]}), "
-                         f"got {tuple(weight_ih.shape)}")
+        raise ValueError(
+            f"{op} expected weight_ih of shape ({gates}*H, I)=({gates * hidden}, {x.shape[2]}), "
+            f"got {tuple(weight_ih.shape)}"
+        )
     if tuple(weight_hh.shape) != (gates * hidden, hidden):
-        raise ValueError(f"{op} expected weight_hh of shape ({gates}*H, H)=({gates * hidden}, {hidden}), "
-                         f"got {tuple(weight_hh.shape)}")
+        raise ValueError(
+            f"{op} expected weight_hh of shape ({gates}*H, H)=({gates * hidden}, {hidden}), "
+            f"got {tuple(weight_hh.shape)}"
+        )
     if tuple(h.shape) != (x.shape[0], hidden):
         raise ValueError(f"{op} expected a hidden state of shape (N, H)=({x.shape[0]}, {hidden}), got {tuple(h.shape)}")
 
@@ -35,8 +39,14 @@ def _bias(b: Tensor | None) -> Tensor | float:
     return 0.0 if b is None else b
 
 
-def elman_cell(x: Tensor, h: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None = None,
-               bias_hh: Tensor | None = None) -> Tensor:
+def elman_cell(
+    x: Tensor,
+    h: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> Tensor:
     """One step of an Elman network: ``h' = tanh(W_ih x + b_ih + W_hh h + b_hh)``.
 
     Args:
@@ -53,8 +63,14 @@ def elman_cell(x: Tensor, h: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_
     return torch.tanh(x @ weight_ih.t() + _bias(bias_ih) + h @ weight_hh.t() + _bias(bias_hh))
 
 
-def elman_rnn_naive(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None = None,
-                    bias_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def elman_rnn_naive(
+    input: Tensor,
+    h0: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """Forward through time with :func:`elman_cell`, one step after another; autograd does the backward.
 
     Args:
@@ -146,8 +162,14 @@ class _ElmanFunction(torch.autograd.Function):
         return d_input, dh, d_wih, d_whh, d_bih, d_bhh
 
 
-def elman_rnn(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None = None,
-              bias_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def elman_rnn(
+    input: Tensor,
+    h0: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """An Elman layer over a whole sequence, with backpropagation through time written by hand.
 
     Same values as :func:`elman_rnn_naive`; the backward is in ``_ElmanFunction``.
@@ -171,8 +193,14 @@ def elman_rnn(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, b
     return _ElmanFunction.apply(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
 
 
-def lstm_cell(x: Tensor, state: tuple[Tensor, Tensor], weight_ih: Tensor, weight_hh: Tensor,
-              bias_ih: Tensor | None = None, bias_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def lstm_cell(
+    x: Tensor,
+    state: tuple[Tensor, Tensor],
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """One LSTM step, gates stacked in PyTorch's order ``i, f, g, o``::
 
         i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)      input gate
@@ -205,8 +233,14 @@ def _lstm_update(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def gru_cell(x: Tensor, h: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None = None,
-             bias_hh: Tensor | None = None) -> Tensor:
+def gru_cell(
+    x: Tensor,
+    h: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> Tensor:
     """One GRU step, gates stacked in PyTorch's order ``r, z, n``::
 
         r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)      reset gate
@@ -240,9 +274,14 @@ def _gru_update(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
     return (1 - z) * n + z * h
 
 
-def lstm_sequence(input: Tensor, state: tuple[Tensor, Tensor], weight_ih: Tensor, weight_hh: Tensor,
-                  bias_ih: Tensor | None = None, bias_hh: Tensor | None = None
-                  ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+def lstm_sequence(
+    input: Tensor,
+    state: tuple[Tensor, Tensor],
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """An LSTM layer over ``(N, T, I)``: input projections for all steps in one product, then the loop.
 
     Returns:
@@ -258,8 +297,14 @@ def lstm_sequence(input: Tensor, state: tuple[Tensor, Tensor], weight_ih: Tensor
     return torch.stack(outputs, dim=1), (h, c)
 
 
-def gru_sequence(input: Tensor, h: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None = None,
-                 bias_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def gru_sequence(
+    input: Tensor,
+    h: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """A GRU layer over ``(N, T, I)``: input projections for all steps in one product, then the loop.
 
     Returns:

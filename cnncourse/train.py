@@ -80,8 +80,7 @@ class History:
             vl = "" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
             va = "" if e["val_acc"] is None else f"{e['val_acc']:.4f}"
             ta = "" if e["train_acc"] is None else f"{e['train_acc']:.4f}"
-            lines.append(f"{e['epoch']:>5} {e['train_loss']:>10.4f} {ta:>9} "
-                         f"{vl:>9} {va:>8} {e['seconds']:>8.1f}")
+            lines.append(f"{e['epoch']:>5} {e['train_loss']:>10.4f} {ta:>9} {vl:>9} {va:>8} {e['seconds']:>8.1f}")
         return "\n".join(lines)
 
     def plot(self, title: str | None = None):
@@ -113,14 +112,26 @@ def _make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.
     raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
 
 
-def fit(model: nn.Module, train: ImageDataset, val: ImageDataset | None = None, *, epochs: int = 1,
-        lr: float = 1e-3, optimizer: str | torch.optim.Optimizer = "adam", batch_size: int = 128,
-        weight_decay: float = 0.0, scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-        device: str | torch.device = "auto", seed: int = 0, progress: bool = True,
-        transform: Transform | None = None, augment: Transform | None = None,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        max_batches: int | None = None,
-        target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> History:
+def fit(
+    model: nn.Module,
+    train: ImageDataset,
+    val: ImageDataset | None = None,
+    *,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    optimizer: str | torch.optim.Optimizer = "adam",
+    batch_size: int = 128,
+    weight_decay: float = 0.0,
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    progress: bool = True,
+    transform: Transform | None = None,
+    augment: Transform | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    max_batches: int | None = None,
+    target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> History:
     """Train ``model`` with mini-batch gradient descent and return its :class:`History`.
 
     Args:
@@ -154,8 +165,11 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset | None = None, 
     model.to(dev)
     net = ctx.wrap(model)  # DistributedDataParallel under torchrun, `model` itself otherwise
     loss_fn = loss_fn or F.cross_entropy
-    opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else _make_optimizer(
-        optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay)
+    opt = (
+        optimizer
+        if isinstance(optimizer, torch.optim.Optimizer)
+        else _make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay)
+    )
     sched = scheduler(opt) if scheduler else None
     loader = ctx.loader(train, batch_size, seed=seed, transform=transform)
     history = History()
@@ -163,8 +177,7 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset | None = None, 
     for epoch in range(1, epochs + 1):
         model.train()
         start, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not (progress and ctx.is_main),
-                   leave=False)
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not (progress and ctx.is_main), leave=False)
         for b, (x, y) in enumerate(loader):
             if b == n_batches:
                 break
@@ -186,11 +199,17 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset | None = None, 
         seen, loss_sum, correct = ctx.sum(seen, loss_sum, correct)  # over all ranks
         if sched is not None:
             sched.step()
-        record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen if classes else None,
-                  "val_loss": None, "val_acc": None}
+        record = {
+            "epoch": epoch,
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen if classes else None,
+            "val_loss": None,
+            "val_acc": None,
+        }
         if val is not None:
-            metrics = ctx.evaluate(evaluate, model, val, transform=transform, device=dev, loss_fn=loss_fn,
-                                   target=target)
+            metrics = ctx.evaluate(
+                evaluate, model, val, transform=transform, device=dev, loss_fn=loss_fn, target=target
+            )
             record.update(val_loss=metrics["loss"], val_acc=metrics["accuracy"])
         record["seconds"] = time.perf_counter() - start
         history.epochs.append(record)
@@ -198,10 +217,16 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset | None = None, 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageDataset, *, batch_size: int = 512, transform: Transform | None = None,
-             device: str | torch.device = "auto",
-             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-             target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> dict[str, float | None]:
+def evaluate(
+    model: nn.Module,
+    data: ImageDataset,
+    *,
+    batch_size: int = 512,
+    transform: Transform | None = None,
+    device: str | torch.device = "auto",
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float | None]:
     """Mean loss and accuracy of ``model`` on ``data``, in eval mode; the model's mode is restored after.
 
     ``target`` is as in :func:`fit`; accuracy is ``None`` when the target is not class indices.
@@ -223,8 +248,14 @@ def evaluate(model: nn.Module, data: ImageDataset, *, batch_size: int = 512, tra
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor | ImageDataset, *, batch_size: int = 512,
-            transform: Transform | None = None, device: str | torch.device = "auto") -> torch.Tensor:
+def predict(
+    model: nn.Module,
+    images: torch.Tensor | ImageDataset,
+    *,
+    batch_size: int = 512,
+    transform: Transform | None = None,
+    device: str | torch.device = "auto",
+) -> torch.Tensor:
     """Predicted class index ``(N,)`` for a dataset, or for a float batch ``(N, C, H, W)`` already normalised.
 
     Reference: the evaluation half of :func:`fit`.
@@ -236,8 +267,9 @@ def predict(model: nn.Module, images: torch.Tensor | ImageDataset, *, batch_size
     else:
         if images.dim() != 4:
             raise ValueError(f"expected images of shape (N, C, H, W), got {tuple(images.shape)}")
-        batches = ((transform or (lambda t: t))(images[i:i + batch_size].to(dev))
-                   for i in range(0, len(images), batch_size))
+        batches = (
+            (transform or (lambda t: t))(images[i : i + batch_size].to(dev)) for i in range(0, len(images), batch_size)
+        )
     with eval_mode(model):
         return torch.cat([model(x).argmax(1).cpu() for x in batches])
 
@@ -319,12 +351,16 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own.keys() & state.keys()
+        if own[k].shape != state[k].shape
+    ]
     if missing or unexpected or shapes:
         raise ValueError(
             f"checkpoint {path} does not match {type(model).__name__}:\n"
             f"  missing keys: {missing or 'none'}\n  unexpected keys: {unexpected or 'none'}\n"
-            f"  shape mismatches: {shapes or 'none'}")
+            f"  shape mismatches: {shapes or 'none'}"
+        )
     model.load_state_dict(state)
     return dict(ckpt.get("meta", {})) if isinstance(ckpt, dict) else {}

@@ -61,7 +61,7 @@ def _part(model: nn.Module, until: str | None) -> list[tuple[str, nn.Module]]:
     if until not in names[1:]:
         raise ValueError(f"{type(model).__name__} has no layer {until!r}; candidates: {', '.join(layer_names(model))}")
     end = max(i for i, n in enumerate(names) if n == until or n.startswith(until + "."))
-    return mods[:end + 1]
+    return mods[: end + 1]
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -148,8 +148,10 @@ def find_head(model: nn.Module) -> str:
         if isinstance(child, nn.Module) and (name := _last_layer(child, attr)):
             return name
     candidates = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-8:]
-    raise ValueError(f"cannot find the head of {type(model).__name__}: it has none of the attributes "
-                     f"{', '.join(_HEAD_ATTRS)}; its last Linear/Conv2d layers are: {', '.join(candidates) or 'none'}")
+    raise ValueError(
+        f"cannot find the head of {type(model).__name__}: it has none of the attributes "
+        f"{', '.join(_HEAD_ATTRS)}; its last Linear/Conv2d layers are: {', '.join(candidates) or 'none'}"
+    )
 
 
 def _new_head(old: nn.Module, num_classes: int) -> nn.Module:
@@ -178,8 +180,13 @@ def replace_head(model: nn.Module, num_classes: int) -> str:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     head = find_head(model)
-    names = [head] + [n for a in _AUX_ATTRS if isinstance(getattr(model, a, None), nn.Module)
-                      for n in [_last_layer(getattr(model, a), a)] if n]
+    names = [head] + [
+        n
+        for a in _AUX_ATTRS
+        if isinstance(getattr(model, a, None), nn.Module)
+        for n in [_last_layer(getattr(model, a), a)]
+        if n
+    ]
     for name in names:
         old = model.get_submodule(name)
         ref = next(itertools.chain(old.parameters(), old.buffers()))
@@ -212,7 +219,7 @@ def blocks(model: nn.Module) -> list[str]:
 def _before(model: nn.Module, name: str) -> str | None:
     """The last module registered before ``name`` that is not one of its ancestors."""
     names = [n for n, _ in model.named_modules()]
-    for n in reversed(names[1:names.index(name)]):
+    for n in reversed(names[1 : names.index(name)]):
         if not name.startswith(n + "."):
             return n
     return None
@@ -259,8 +266,10 @@ def param_groups(model: nn.Module, lr: float, backbone_lr: float, head: str | No
     for n, p in model.named_parameters():
         if p.requires_grad:
             groups["head" if n == head or n.startswith(head + ".") else "backbone"].append(p)
-    out = [{"params": groups["backbone"], "lr": backbone_lr, "name": "backbone"},
-           {"params": groups["head"], "lr": lr, "name": "head"}]
+    out = [
+        {"params": groups["backbone"], "lr": backbone_lr, "name": "backbone"},
+        {"params": groups["head"], "lr": lr, "name": "head"},
+    ]
     out = [g for g in out if g["params"]]
     if not out:
         raise ValueError("model has no trainable parameters: unfreeze something first")
@@ -275,22 +284,40 @@ def reinitialize(model: nn.Module) -> None:
 
     Reference: ``torch.nn.Module`` layers' ``reset_parameters``.
     """
-    stuck = [n for n, m in model.named_modules()
-             if any(True for _ in m.parameters(recurse=False)) and not callable(getattr(m, "reset_parameters", None))]
+    stuck = [
+        n
+        for n, m in model.named_modules()
+        if any(True for _ in m.parameters(recurse=False)) and not callable(getattr(m, "reset_parameters", None))
+    ]
     if stuck:
-        raise ValueError(f"cannot re-initialise {type(model).__name__}: these layers have parameters but no "
-                         f"reset_parameters(): {', '.join(stuck)}; build a fresh model instead")
+        raise ValueError(
+            f"cannot re-initialise {type(model).__name__}: these layers have parameters but no "
+            f"reset_parameters(): {', '.join(stuck)}; build a fresh model instead"
+        )
     for m in model.modules():
         reset = getattr(m, "reset_parameters", None)
         if callable(reset):
             reset()
 
 
-def fine_tune(model: nn.Module, data: ImageDataset, strategy: str = "head", *, num_classes: int | None = None,
-              k: int | None = None, steps: int | None = None, epochs: int = 5, lr: float = 1e-3,
-              backbone_lr: float | None = None, batch_size: int = 64, seed: int = 0, bn_eval: bool = True,
-              val: ImageDataset | None = None, device: str | torch.device = "auto",
-              progress: bool = True) -> History:
+def fine_tune(
+    model: nn.Module,
+    data: ImageDataset,
+    strategy: str = "head",
+    *,
+    num_classes: int | None = None,
+    k: int | None = None,
+    steps: int | None = None,
+    epochs: int = 5,
+    lr: float = 1e-3,
+    backbone_lr: float | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    bn_eval: bool = True,
+    val: ImageDataset | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> History:
     """Give ``model`` a new head for ``data`` and train it with ``strategy``; the model changes in place.
 
     Args:
@@ -318,13 +345,25 @@ def fine_tune(model: nn.Module, data: ImageDataset, strategy: str = "head", *, n
     optimizer: Any = "adam"
     if backbone_lr is not None:
         optimizer = torch.optim.Adam(param_groups(model, lr, backbone_lr))
-    return fit(model, data, val, epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, seed=seed,
-               device=device, progress=progress, max_batches=max_batches)
+    return fit(
+        model,
+        data,
+        val,
+        epochs=epochs,
+        lr=lr,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+        max_batches=max_batches,
+    )
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, data: ImageDataset, *, head: str | None = None,
-                     batch_size: int = 512) -> torch.Tensor:
+def extract_features(
+    model: nn.Module, data: ImageDataset, *, head: str | None = None, batch_size: int = 512
+) -> torch.Tensor:
     """The inputs of the head (the backbone's features), ``(N, D)``, for every image of ``data``, in eval mode.
 
     Reference: Donahue et al., "DeCAF", ICML 2014 (features of a frozen network as a representation).
@@ -354,7 +393,7 @@ def pca_2d(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"expected features (N >= 2, D), got {tuple(features.shape)}")
     x = features.double() - features.double().mean(0)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
-    return (x @ vh[:2].T).float(), (s[:2] ** 2 / (s ** 2).sum()).float()
+    return (x @ vh[:2].T).float(), (s[:2] ** 2 / (s**2).sum()).float()
 
 
 # The experiment grid: every (target, data budget, strategy, seed), summarised and plotted.
@@ -377,10 +416,19 @@ def target_data(target: str, split: str) -> ImageDataset:
     return data.filter_classes(classes) if classes is not None else data
 
 
-def run_grid(checkpoint: str = "lenet5_mnist04", *, targets: Sequence[str] = tuple(TARGETS),
-             sizes: Iterable[int] = (10, 100, 1000), strategies: Iterable[str] = tuple(STRATEGIES),
-             seeds: Iterable[int] = (0, 1, 2), steps: int = 200, lr: float = 1e-3, batch_size: int = 64,
-             test_size: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
+def run_grid(
+    checkpoint: str = "lenet5_mnist04",
+    *,
+    targets: Sequence[str] = tuple(TARGETS),
+    sizes: Iterable[int] = (10, 100, 1000),
+    strategies: Iterable[str] = tuple(STRATEGIES),
+    seeds: Iterable[int] = (0, 1, 2),
+    steps: int = 200,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    test_size: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Fine-tune checkpoint ``checkpoint`` on every (target, images per class, strategy, seed).
 
     Each run starts from the checkpoint, draws ``size`` training images per class with ``seed``, trains
@@ -405,10 +453,17 @@ def run_grid(checkpoint: str = "lenet5_mnist04", *, targets: Sequence[str] = tup
         model = load_pretrained(model_name, checkpoint)
         start = time.perf_counter()
         fine_tune(model, train, s, steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=False)
-        rows.append({"target": t, "size": n, "strategy": s, "seed": seed,
-                     "accuracy": evaluate(model, test)["accuracy"],
-                     "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                     "seconds": round(time.perf_counter() - start, 3)})
+        rows.append(
+            {
+                "target": t,
+                "size": n,
+                "strategy": s,
+                "seed": seed,
+                "accuracy": evaluate(model, test)["accuracy"],
+                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
     return rows
 
 
@@ -423,8 +478,16 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (t, n, s), accs in cells.items():
         a = torch.tensor(accs, dtype=torch.float64)
-        out.append({"target": t, "size": n, "strategy": s, "mean": a.mean().item(),
-                    "std": a.std().item() if len(accs) > 1 else 0.0, "seeds": len(accs)})
+        out.append(
+            {
+                "target": t,
+                "size": n,
+                "strategy": s,
+                "mean": a.mean().item(),
+                "std": a.std().item() if len(accs) > 1 else 0.0,
+                "seeds": len(accs),
+            }
+        )
     return out
 
 

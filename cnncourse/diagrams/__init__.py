@@ -14,16 +14,28 @@ Every function returns a matplotlib ``Figure`` and never calls ``plt.show()``.
 from cnncourse.diagrams.architectures import STRIP_MODELS, StripBox, architecture_strip, strip_boxes
 from cnncourse.diagrams.blocks import bottleneck_block, inception_block, residual_block, residual_blocks, rnn_unrolled
 from cnncourse.diagrams.ops import (
-                                    cross_correlation,
-                                    im2col,
-                                    multi_channel,
-                                    padding_stride,
-                                    pooling,
-                                    receptive_field_growth,
+    cross_correlation,
+    im2col,
+    multi_channel,
+    padding_stride,
+    pooling,
+    receptive_field_growth,
 )
 
 __all__ = [
-    "STRIP_MODELS", "StripBox", "architecture_strip", "bottleneck_block", "cross_correlation", "im2col",
-    "inception_block", "multi_channel", "padding_stride", "pooling", "receptive_field_growth", "residual_block",
-    "residual_blocks", "rnn_unrolled", "strip_boxes",
+    "STRIP_MODELS",
+    "StripBox",
+    "architecture_strip",
+    "bottleneck_block",
+    "cross_correlation",
+    "im2col",
+    "inception_block",
+    "multi_channel",
+    "padding_stride",
+    "pooling",
+    "receptive_field_growth",
+    "residual_block",
+    "residual_blocks",
+    "rnn_unrolled",
+    "strip_boxes",
 ]

@@ -19,9 +19,25 @@ from matplotlib.text import Text
 
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
 BLUE, ORANGE, GREEN, YELLOW, SKY, VERMILION, PURPLE, GREY = (
-    "#0072B2", "#E69F00", "#009E73", "#F0E442", "#56B4E9", "#D55E00", "#CC79A7", "#999999")
-LIGHT = {BLUE: "#cce3f0", ORANGE: "#fae6bf", GREEN: "#bfe7dc", SKY: "#d5ecf9", VERMILION: "#f4d6bf",
-         PURPLE: "#f2dde9", GREY: "#e6e6e6", YELLOW: "#fbf8cf"}
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#F0E442",
+    "#56B4E9",
+    "#D55E00",
+    "#CC79A7",
+    "#999999",
+)
+LIGHT = {
+    BLUE: "#cce3f0",
+    ORANGE: "#fae6bf",
+    GREEN: "#bfe7dc",
+    SKY: "#d5ecf9",
+    VERMILION: "#f4d6bf",
+    PURPLE: "#f2dde9",
+    GREY: "#e6e6e6",
+    YELLOW: "#fbf8cf",
+}
 FONT = 12
 CELL_FONT = 14  # numbers in unit cells: the part of a diagram that must stay readable on a phone
 
@@ -89,8 +105,15 @@ def grid(
             if arr is not None:
                 text = fmt(arr[i, j])
                 shrink = min(1.0, 3.2 / len(text))  # "1.25" must still fit in its cell
-                ax.text(x + size / 2, y + size / 2, text, ha="center", va="center", fontsize=fontsize * shrink,
-                        gid=f"{gid}:{i},{j}")
+                ax.text(
+                    x + size / 2,
+                    y + size / 2,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize * shrink,
+                    gid=f"{gid}:{i},{j}",
+                )
 
 
 def outline(
@@ -101,27 +124,75 @@ def outline(
 
 
 def box(
-    ax: Axes, x: float, y: float, w: float, h: float, text: str, *, colour: str = BLUE, gid: str = "box",
-    fontsize: float = FONT, textcolour: str = "black",
+    ax: Axes,
+    x: float,
+    y: float,
+    w: float,
+    h: float,
+    text: str,
+    *,
+    colour: str = BLUE,
+    gid: str = "box",
+    fontsize: float = FONT,
+    textcolour: str = "black",
 ) -> None:
     """A rounded, filled box centred on ``(x, y)`` with ``text`` in the middle."""
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.12",
-                                facecolor=LIGHT.get(colour, colour), edgecolor=colour, lw=1.6, gid=gid))
+    ax.add_patch(
+        FancyBboxPatch(
+            (x - w / 2, y - h / 2),
+            w,
+            h,
+            boxstyle="round,pad=0,rounding_size=0.12",
+            facecolor=LIGHT.get(colour, colour),
+            edgecolor=colour,
+            lw=1.6,
+            gid=gid,
+        )
+    )
     ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, color=textcolour, gid=gid)
 
 
 def arrow(
-    ax: Axes, start: tuple[float, float], end: tuple[float, float], *, gid: str = "arrow", colour: str = "#333333",
-    rad: float = 0.0, lw: float = 1.5, text: str | None = None, fontsize: float = FONT - 1, above: float = 0.0,
+    ax: Axes,
+    start: tuple[float, float],
+    end: tuple[float, float],
+    *,
+    gid: str = "arrow",
+    colour: str = "#333333",
+    rad: float = 0.0,
+    lw: float = 1.5,
+    text: str | None = None,
+    fontsize: float = FONT - 1,
+    above: float = 0.0,
 ) -> None:
     """An arrow from ``start`` to ``end`` (curved by ``rad``), labelled at its middle or ``above`` it."""
-    ax.annotate("", xy=end, xytext=start, gid=gid,
-                arrowprops=dict(arrowstyle="-|>", color=colour, lw=lw, shrinkA=0, shrinkB=0,
-                                mutation_scale=14, connectionstyle=f"arc3,rad={rad}"))
+    ax.annotate(
+        "",
+        xy=end,
+        xytext=start,
+        gid=gid,
+        arrowprops=dict(
+            arrowstyle="-|>",
+            color=colour,
+            lw=lw,
+            shrinkA=0,
+            shrinkB=0,
+            mutation_scale=14,
+            connectionstyle=f"arc3,rad={rad}",
+        ),
+    )
     if text:
         mx, my = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
-        ax.text(mx, my + above, text, ha="center", va="bottom" if above else "center", fontsize=fontsize,
-                gid=f"{gid}-label", bbox=None if above else dict(facecolor="white", edgecolor="none", pad=1))
+        ax.text(
+            mx,
+            my + above,
+            text,
+            ha="center",
+            va="bottom" if above else "center",
+            fontsize=fontsize,
+            gid=f"{gid}-label",
+            bbox=None if above else dict(facecolor="white", edgecolor="none", pad=1),
+        )
 
 
 def label(ax: Axes, x: float, y: float, text: str, *, fontsize: float = FONT, gid: str = "label", **kw) -> None:
@@ -133,8 +204,11 @@ def artists(fig: Figure, prefix: str, kind: str = "any") -> list[Artist]:
     """Every patch (``kind="patch"``), text (``"text"``) or either whose gid starts with ``prefix``."""
     found: list[Artist] = []
     for ax in fig.axes:
-        pools: dict[str, list[Artist]] = {"patch": list(ax.patches), "text": list(ax.texts),
-                                          "any": [*ax.patches, *ax.texts]}
+        pools: dict[str, list[Artist]] = {
+            "patch": list(ax.patches),
+            "text": list(ax.texts),
+            "any": [*ax.patches, *ax.texts],
+        }
         pool = pools[kind]
         found += [a for a in pool if (a.get_gid() or "").startswith(prefix)]
     return found

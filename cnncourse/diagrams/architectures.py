@@ -115,8 +115,16 @@ def strip_boxes(model: nn.Module, input_size: Sequence[int]) -> list[StripBox]:
                 if any(norm in r.type for r in rows) and not prev.text.endswith(tag):
                     prev.text += f", {tag}"
             continue
-        boxes.append(StripBox(key, kind, text, rows[-1].output_shape if kind != "block" else _block_out(rows), params,
-                              [r.name for r in rows]))
+        boxes.append(
+            StripBox(
+                key,
+                kind,
+                text,
+                rows[-1].output_shape if kind != "block" else _block_out(rows),
+                params,
+                [r.name for r in rows],
+            )
+        )
     return boxes
 
 
@@ -136,8 +144,9 @@ def _compact(n: int) -> str:
     return f"{n:,}"
 
 
-def architecture_strip(model: nn.Module | str = "vgg16", input_size: Sequence[int] | None = None,
-                       title: str | None = None) -> Figure:
+def architecture_strip(
+    model: nn.Module | str = "vgg16", input_size: Sequence[int] | None = None, title: str | None = None
+) -> Figure:
     """Draw a model as a column of boxes: one per layer or block, with output shape and parameters.
 
     Args:

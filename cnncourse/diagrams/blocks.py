@@ -155,8 +155,17 @@ def inception_block(block: Inception | None = None, name: str = "inception (3a)"
         outs.append((x, y, layers[-1].out_channels if isinstance(layers[-1], nn.Conv2d) else None))
     y_cat = -1.5 - 1.25 * 2 - 0.9
     parts = " + ".join(str(c) for _, _, c in outs)
-    box(ax, 0, y_cat, 8.2, h, f"concatenate channels: {parts} = {block.out_channels}", colour=GREEN,
-        gid="box:concat", fontsize=11)
+    box(
+        ax,
+        0,
+        y_cat,
+        8.2,
+        h,
+        f"concatenate channels: {parts} = {block.out_channels}",
+        colour=GREEN,
+        gid="box:concat",
+        fontsize=11,
+    )
     for x, y, _ in outs:
         arrow(ax, (x, y - h / 2 - 0.02), (x * 0.9, y_cat + h / 2 + 0.05))
     fit(ax)
@@ -186,9 +195,21 @@ def rnn_unrolled(steps: int = 3) -> Figure:
     box(ax, 0, 3.2, w, h, "$y_t$", colour=GREEN, gid="fold:y")
     arrow(ax, (0, h / 2), (0, 1.6 - h / 2))
     arrow(ax, (0, 1.6 + h / 2), (0, 3.2 - h / 2))
-    ax.annotate("", xy=(w / 2, 1.45), xytext=(w / 2, 1.75), gid="fold:loop",
-                arrowprops=dict(arrowstyle="-|>", color=VERMILION, lw=1.6, mutation_scale=14, shrinkA=0, shrinkB=0,
-                                connectionstyle="arc,angleA=0,angleB=0,armA=30,armB=30,rad=8"))
+    ax.annotate(
+        "",
+        xy=(w / 2, 1.45),
+        xytext=(w / 2, 1.75),
+        gid="fold:loop",
+        arrowprops=dict(
+            arrowstyle="-|>",
+            color=VERMILION,
+            lw=1.6,
+            mutation_scale=14,
+            shrinkA=0,
+            shrinkB=0,
+            connectionstyle="arc,angleA=0,angleB=0,armA=30,armB=30,rad=8",
+        ),
+    )
     label(ax, w / 2 + 0.45, 2.15, "$W_{hh}$", color=VERMILION, fontsize=11, gid="fold:label")
     label(ax, 1.95, 1.6, "=", fontsize=20, gid="equals")
     x0, dx = 3.1, 1.5

@@ -71,8 +71,14 @@ def cross_correlation(
     xk, xo = w + 1.5, w + kw + 3
     grid(ax, x.numpy(), 0, 0, gid="in", colours=window)
     outline(ax, j, -i - kh, kw, kh, BLUE, gid="window")
-    grid(ax, weight.numpy(), xk, -(h - kh) / 2, gid="kernel", colours={c: LIGHT[ORANGE] for c in
-                                                                       [(u, v) for u in range(kh) for v in range(kw)]})
+    grid(
+        ax,
+        weight.numpy(),
+        xk,
+        -(h - kh) / 2,
+        gid="kernel",
+        colours={c: LIGHT[ORANGE] for c in [(u, v) for u in range(kh) for v in range(kw)]},
+    )
     grid(ax, out.numpy(), xo, -(h - oh) / 2, gid="out", colours={(i, j): LIGHT[GREEN]})
     outline(ax, xo + j, -(h - oh) / 2 - i - 1, 1, 1, GREEN, gid="out-cell")
     label(ax, w + 0.75, -h / 2, "⋆", fontsize=20)
@@ -80,6 +86,7 @@ def cross_correlation(
     titles = ((w / 2, f"input {h}×{w}"), (xk + kw / 2, f"kernel {kh}×{kw}"), (xo + ow / 2, f"output {oh}×{ow}"))
     for x_mid, name in titles:
         label(ax, x_mid, 0.45, name, gid="title")
+
     def factor(v: float) -> str:
         return f"({fmt(v)})" if v < 0 else fmt(v)
 
@@ -102,23 +109,39 @@ def padding_stride(size: int = 5, kernel: int = 3, padding: int = 1, strides: Se
     """
     if size < 1 or kernel < 1 or padding < 0 or any(s < 1 for s in strides):
         raise ValueError(
-            f"expected size, kernel, strides >= 1 and padding >= 0, got {size}, {kernel}, {strides}, {padding}")
+            f"expected size, kernel, strides >= 1 and padding >= 0, got {size}, {kernel}, {strides}, {padding}"
+        )
     n = size + 2 * padding
     fig, ax = new_figure(6.4, 3.4 * len(strides))
     top = 0.0
     for s in strides:
-        o = int(F.conv2d(torch.zeros(1, 1, size, size), torch.zeros(1, 1, kernel, kernel), stride=s,
-                         padding=padding).shape[-1])
-        pad_cells = {(i, j): LIGHT[GREY] for i in range(n) for j in range(n)
-                     if min(i, j) < padding or max(i, j) >= padding + size}
+        o = int(
+            F.conv2d(torch.zeros(1, 1, size, size), torch.zeros(1, 1, kernel, kernel), stride=s, padding=padding).shape[
+                -1
+            ]
+        )
+        pad_cells = {
+            (i, j): LIGHT[GREY]
+            for i in range(n)
+            for j in range(n)
+            if min(i, j) < padding or max(i, j) >= padding + size
+        }
         grid(ax, None, 0, top, shape=(n, n), gid=f"pad{s}", colours=pad_cells)
-        for (i, j) in pad_cells:
+        for i, j in pad_cells:
             label(ax, j + 0.5, top - i - 0.5, "0", gid=f"zero{s}", color="#777777")
         for w_idx, colour in enumerate((BLUE, VERMILION)):
             if w_idx * s + kernel <= n:
                 off = 0.06 * w_idx
-                outline(ax, w_idx * s + off, top - kernel + off, kernel - 2 * off, kernel - 2 * off, colour,
-                        gid=f"win{s}", ls="-" if w_idx == 0 else "--")
+                outline(
+                    ax,
+                    w_idx * s + off,
+                    top - kernel + off,
+                    kernel - 2 * off,
+                    kernel - 2 * off,
+                    colour,
+                    gid=f"win{s}",
+                    ls="-" if w_idx == 0 else "--",
+                )
         xo = n + 2
         first = {(0, 0): LIGHT[BLUE]}
         if o > 1:
@@ -149,9 +172,11 @@ def multi_channel(c_in: int = 3, c_out: int = 2, size: int = 5, kernel: int = 3)
     fig, ax = new_figure(7.2, 1.2 + 2.0 * max(c_out, 2))
     d = 0.45  # offset between stacked channel planes
     s_in, s_k, s_out = 2.4, 1.3, 1.8  # drawn side lengths
+
     def plane(x: float, yy: float, side: float, colour: str, gid: str) -> None:
-        ax.add_patch(Rectangle((x, yy), side, side, facecolor=LIGHT.get(colour, colour), edgecolor=colour, lw=1.5,
-                               gid=gid))
+        ax.add_patch(
+            Rectangle((x, yy), side, side, facecolor=LIGHT.get(colour, colour), edgecolor=colour, lw=1.5, gid=gid)
+        )
 
     step = s_k + 0.6 * d * (c_in - 1) + 0.9  # vertical room per filter: its stack and its label
     mid = -1.3 - step * (c_out - 1) / 2 - s_k / 2
@@ -230,8 +255,11 @@ def receptive_field_growth(
     Returns:
         A figure with patches ``unit:l,u`` (``l = 0`` is the input), filled ones with gid ``dep:l,u``.
     """
-    layers = list(layers) if layers is not None else [
-        nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3), nn.MaxPool2d(2, 2), nn.Conv2d(1, 1, 3)]
+    layers = (
+        list(layers)
+        if layers is not None
+        else [nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3), nn.MaxPool2d(2, 2), nn.Conv2d(1, 1, 3)]
+    )
     geo = []
     for m in layers:
         k, s, p = (getattr(m, a) for a in ("kernel_size", "stride", "padding"))
@@ -255,10 +283,17 @@ def receptive_field_growth(
         for u in range(n):
             filled = u in deps[level]
             colour = (LIGHT[ORANGE] if level == top else LIGHT[BLUE]) if filled else "white"
-            ax.add_patch(Rectangle((x0 + u + 0.1, yy), 0.8, 0.8, facecolor=colour,
-                                   edgecolor=ORANGE if (filled and level == top) else "#333333",
-                                   lw=1.8 if filled else 0.8,
-                                   gid=f"dep:{level},{u}" if filled else f"unit:{level},{u}"))
+            ax.add_patch(
+                Rectangle(
+                    (x0 + u + 0.1, yy),
+                    0.8,
+                    0.8,
+                    facecolor=colour,
+                    edgecolor=ORANGE if (filled and level == top) else "#333333",
+                    lw=1.8 if filled else 0.8,
+                    gid=f"dep:{level},{u}" if filled else f"unit:{level},{u}",
+                )
+            )
         text = names[level] if level == 0 else f"{names[level]}\nfield {fields[level - 1]}"
         label(ax, -0.6, yy + 0.4, text, ha="right", fontsize=10, gid="rowlabel")
         if level:
@@ -267,8 +302,13 @@ def receptive_field_growth(
             x_hi = (width - sizes[level - 1]) / 2 + hi + 1
             ux = (width - n) / 2
             for xd in (x_lo + 0.1, x_hi - 0.1):
-                ax.plot([ux + min(deps[level]) + 0.5 if xd < width / 2 else ux + max(deps[level]) + 0.5, xd],
-                        [yy, yy - 0.8], color=GREY, lw=0.8, zorder=0)
+                ax.plot(
+                    [ux + min(deps[level]) + 0.5 if xd < width / 2 else ux + max(deps[level]) + 0.5, xd],
+                    [yy, yy - 0.8],
+                    color=GREY,
+                    lw=0.8,
+                    zorder=0,
+                )
     fit(ax, margin=0.2)
     ax.set_xlim(-4.2, width + 0.3)
     return fig
@@ -308,18 +348,34 @@ def im2col(size: int = 4, kernel: int = 2) -> Figure:
     grid(ax, x[0, 0].numpy(), 0, 0, gid="in", colours=in_col, size=0.8)
     for idx, c in shown:
         r, q = divmod(idx, o)
-        outline(ax, q * 0.8 + 0.04 * idx, -(r + kernel) * 0.8 + 0.04 * idx, kernel * 0.8 - 0.08 * idx,
-                kernel * 0.8 - 0.08 * idx, c, gid="window", ls="-" if idx == 0 else "--")
+        outline(
+            ax,
+            q * 0.8 + 0.04 * idx,
+            -(r + kernel) * 0.8 + 0.04 * idx,
+            kernel * 0.8 - 0.08 * idx,
+            kernel * 0.8 - 0.08 * idx,
+            c,
+            gid="window",
+            ls="-" if idx == 0 else "--",
+        )
     xc = size * 0.8 + 2.2
     col_col = {(u, idx): LIGHT[c] for idx, c in shown for u in range(kernel * kernel)}
     grid(ax, cols.numpy(), xc, 0, gid="cols", colours=col_col, size=0.8, fontsize=10.5)
     arrow(ax, (size * 0.8 + 0.2, -kernel * kernel * 0.4), (xc - 0.2, -kernel * kernel * 0.4), text="unfold", above=0.1)
     label(ax, size * 0.4, 0.4, f"input {size}×{size}", gid="title")
-    label(ax, xc + cols.shape[1] * 0.4, 0.4, f"columns: {kernel * kernel} × {cols.shape[1]}, one per window",
-          gid="title")
+    label(
+        ax, xc + cols.shape[1] * 0.4, 0.4, f"columns: {kernel * kernel} × {cols.shape[1]}, one per window", gid="title"
+    )
     yb = -max(kernel * kernel, size) * 0.8 - 1.2
-    grid(ax, weight.view(1, -1).numpy(), 0, yb, gid="w", size=0.8,
-         colours={(0, i): LIGHT[ORANGE] for i in range(kernel * kernel)})
+    grid(
+        ax,
+        weight.view(1, -1).numpy(),
+        0,
+        yb,
+        gid="w",
+        size=0.8,
+        colours={(0, i): LIGHT[ORANGE] for i in range(kernel * kernel)},
+    )
     label(ax, kernel * kernel * 0.4, yb + 0.4, f"kernel as a row, 1 × {kernel * kernel}", fontsize=10, gid="title")
     grid(ax, out.view(1, -1).numpy(), xc, yb, gid="out", colours={(0, idx): LIGHT[c] for idx, c in shown}, size=0.8)
     arrow(ax, (kernel * kernel * 0.8 + 0.2, yb - 0.4), (xc - 0.2, yb - 0.4), text="× columns", above=0.1)

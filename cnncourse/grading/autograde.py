@@ -187,8 +187,15 @@ def kernel_env() -> dict[str, str]:
     """
     # OMP_WAIT_POLICY=PASSIVE: a lab that asks for 2 threads on a busy machine would otherwise spin-wait
     # for a descheduled thread, burning CPU time that counts against its limit (measured: 12x the CPU time).
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg",
-               PYDEVD_DISABLE_FILE_VALIDATION="1", PYTHONHASHSEED="0", OMP_WAIT_POLICY="PASSIVE")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        MPLBACKEND="Agg",
+        PYDEVD_DISABLE_FILE_VALIDATION="1",
+        PYTHONHASHSEED="0",
+        OMP_WAIT_POLICY="PASSIVE",
+    )
     env.pop("CNNCOURSE_SECRET", None)
     if env.get("CNNCOURSE_DATA"):
         # The kernel runs in a temporary folder: a relative data path would point nowhere.
@@ -202,6 +209,7 @@ def _limit_memory(memory_mb: int | None) -> Callable[[], None]:
         if memory_mb:
             nbytes = int(memory_mb) * 2**20
             resource.setrlimit(resource.RLIMIT_DATA, (nbytes, nbytes))
+
     return apply
 
 
@@ -225,23 +233,37 @@ class _Kernel:
         if hide is None:
             self.km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(self.sockets, "k"))
         else:  # sandboxed: the connection file sits with the sockets, the only folder shared with the kernel
-            self.km = sandbox.kernel_manager(sandbox.bwrap_prefix(workdir, self.sockets, hide), kernel_name="python3",
-                                             transport="ipc", ip=os.path.join(self.sockets, "k"),
-                                             connection_file=os.path.join(self.sockets, "kernel.json"))
+            self.km = sandbox.kernel_manager(
+                sandbox.bwrap_prefix(workdir, self.sockets, hide),
+                kernel_name="python3",
+                transport="ipc",
+                ip=os.path.join(self.sockets, "k"),
+                connection_file=os.path.join(self.sockets, "kernel.json"),
+            )
         self.reply: dict[str, Any] = {}
-        self.client = Client(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")]), km=self.km,
-                             allow_errors=True, iopub_timeout=10, shutdown_kernel="immediate",
-                             startup_timeout=max(1, int(min(120, deadline - time.monotonic()))))
+        self.client = Client(
+            nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")]),
+            km=self.km,
+            allow_errors=True,
+            iopub_timeout=10,
+            shutdown_kernel="immediate",
+            startup_timeout=max(1, int(min(120, deadline - time.monotonic()))),
+        )
         self.client.on_cell_executed = self._on_executed
         env = kernel_env()
         try:
-            self.client.start_new_kernel(cwd=workdir, env=env, preexec_fn=_limit_memory(limits.memory_mb),
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.client.start_new_kernel(
+                cwd=workdir,
+                env=env,
+                preexec_fn=_limit_memory(limits.memory_mb),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             self.client.start_new_kernel_client()
         except BaseException:
             self.kill()
             raise
-        provisioner: Any = self.km.provisioner            # a LocalProvisioner: it has the process
+        provisioner: Any = self.km.provisioner  # a LocalProvisioner: it has the process
         self.meter = _limits.CpuMeter(provisioner.process.pid, getattr(provisioner, "pgid", None))
 
     def _on_executed(self, cell: Any, cell_index: int, execute_reply: dict[str, Any]) -> None:
@@ -272,8 +294,9 @@ class _Kernel:
 
         Wrapped around every wait for the kernel: a student cell, and a trusted test's calls into the kernel.
         """
-        return _limits.Watchdog(self.meter, math.inf if cpu is None else cpu,
-                                lambda: _limits.kill_tree(self.meter.root, self.meter.pgid))
+        return _limits.Watchdog(
+            self.meter, math.inf if cpu is None else cpu, lambda: _limits.kill_tree(self.meter.root, self.meter.pgid)
+        )
 
     def connect(self, timeout: float) -> GraderChannel:
         """Start the agent in the kernel (before any student code) and return the grader's end of its socket."""
@@ -285,8 +308,11 @@ class _Kernel:
             server.bind(path)
             server.listen(1)
             server.settimeout(max(1.0, timeout))
-            reply = self.run(f"import cnncourse.grading.runner as _cg_runner\n"
-                             f"_cg_runner.start({path!r}, get_ipython().user_ns)\ndel _cg_runner", timeout)
+            reply = self.run(
+                f"import cnncourse.grading.runner as _cg_runner\n"
+                f"_cg_runner.start({path!r}, get_ipython().user_ns)\ndel _cg_runner",
+                timeout,
+            )
             if reply.get("status") != "ok":
                 raise RuntimeError(f"the grading agent did not start: {reply.get('ename')}: {reply.get('evalue')}")
             conn, _ = server.accept()
@@ -323,8 +349,14 @@ def _short(text: str, n: int = _DETAIL_CHARS) -> str:
 
 
 def _question(test: TestCell, passed: bool, feedback: str, detail: str = "") -> dict[str, Any]:
-    return {"grade_id": test.grade_id, "points": test.points if passed else 0.0, "max_points": test.points,
-            "passed": passed, "feedback": feedback, "detail": detail or feedback}
+    return {
+        "grade_id": test.grade_id,
+        "points": test.points if passed else 0.0,
+        "max_points": test.points,
+        "passed": passed,
+        "feedback": feedback,
+        "detail": detail or feedback,
+    }
 
 
 def _score_report(test: TestCell, res: dict[str, Any]) -> dict[str, Any]:
@@ -333,15 +365,20 @@ def _score_report(test: TestCell, res: dict[str, Any]) -> dict[str, Any]:
         msg = f"{public.get('type')}: {public.get('message')}"
         return _question(test, False, _short(msg), _short(msg))
     if isinstance(hidden, dict):
-        return _question(test, False, "passed the public tests but failed a hidden test",
-                         _short(f"hidden test: {hidden.get('type')}: {hidden.get('message')}"))
+        return _question(
+            test,
+            False,
+            "passed the public tests but failed a hidden test",
+            _short(f"hidden test: {hidden.get('type')}: {hidden.get('message')}"),
+        )
     if public is None and hidden in (None, "not run"):
         return _question(test, True, "passed")
     return _question(test, False, "the test report was incomplete")
 
 
-def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits: Limits = Limits(),
-                     secret: str = "") -> dict:
+def grade_submission(
+    lab: LabSpec, path: str | os.PathLike, student: str, limits: Limits = Limits(), secret: str = ""
+) -> dict:
     """Grade one submission and return its record; never raises for a bad submission.
 
     The record holds ``student``, ``status`` (one of :data:`STATUSES`), ``reason``,
@@ -353,26 +390,45 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
     start = time.monotonic()
     deadline = start + limits.timeout * limits.wall_factor
     path = Path(path)
-    record: dict[str, Any] = {"schema": SCHEMA, "student": student, "submission": str(path),
-                              "submission_sha256": "", "lab": lab.name, "lab_sha256": lab.sha256,
-                              "secret_id": secret_id(secret),
-                              "status": "ok", "reason": "", "total": 0.0, "max_total": lab.max_total,
-                              "elapsed": 0.0, "questions": [], "missing_cells": [], "cell_errors": [],
-                              "sandbox": limits.sandbox, "flags": [],
-                              "limits": _limits.describe(limits), "timing": {}}
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "student": student,
+        "submission": str(path),
+        "submission_sha256": "",
+        "lab": lab.name,
+        "lab_sha256": lab.sha256,
+        "secret_id": secret_id(secret),
+        "status": "ok",
+        "reason": "",
+        "total": 0.0,
+        "max_total": lab.max_total,
+        "elapsed": 0.0,
+        "questions": [],
+        "missing_cells": [],
+        "cell_errors": [],
+        "sandbox": limits.sandbox,
+        "flags": [],
+        "limits": _limits.describe(limits),
+        "timing": {},
+    }
     results: dict[str, dict[str, Any]] = {}
     steps_timing: list[dict[str, Any]] = []
     kernel = None
 
     def finish(status: str, reason: str, pending: str = "") -> dict[str, Any]:
         record["status"], record["reason"] = status, reason
-        record["questions"] = [results.get(t.grade_id) or _question(t, False, pending or f"not graded: {reason}")
-                               for t in lab.tests]
+        record["questions"] = [
+            results.get(t.grade_id) or _question(t, False, pending or f"not graded: {reason}") for t in lab.tests
+        ]
         record["total"] = sum(q["points"] for q in record["questions"])
         record["elapsed"] = round(time.monotonic() - start, 2)
         cpu_s = kernel.meter.read() if kernel is not None else 0.0
-        record["timing"] = {"cpu_s": round(cpu_s, 2), "wall_s": record["elapsed"], "loadavg": _limits.loadavg(),
-                            "steps": steps_timing}
+        record["timing"] = {
+            "cpu_s": round(cpu_s, 2),
+            "wall_s": record["elapsed"],
+            "loadavg": _limits.loadavg(),
+            "steps": steps_timing,
+        }
         return record
 
     try:
@@ -411,7 +467,8 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
         kernel = _Kernel(limits, workdir, deadline, hide)
         current = "the grader's set-up"
         cpu_left, wall_left, cpu_whole, wall_whole = _limits.step_limits(
-            limits, cpu_before := kernel.meter.read(), time.monotonic() - start, cell=False)
+            limits, cpu_before := kernel.meter.read(), time.monotonic() - start, cell=False
+        )
         with kernel.watchdog(max(cpu_left, 0)) as watchdog:
             try:
                 channel = kernel.connect(wall_left)
@@ -434,8 +491,9 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
                 current, running = f"cell {index}", None
                 reply = kernel.run(source, per_cell, cpu=cpu_left)
                 if reply.get("status") == "error":
-                    record["cell_errors"].append({"cell": index, "error": _short(
-                        f"{reply.get('ename')}: {reply.get('evalue')}", 300)})
+                    record["cell_errors"].append(
+                        {"cell": index, "error": _short(f"{reply.get('ename')}: {reply.get('evalue')}", 300)}
+                    )
             else:
                 current, running = f"the test {item.grade_id}", item
                 # The test runs here; its calls into the kernel wait at most the wall ceiling, and the kernel's
@@ -443,8 +501,7 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
                 channel.deadline = time.monotonic() + per_cell
                 with kernel.watchdog(cpu_left) as watchdog:
                     try:
-                        report = run_test(channel, item.grade_id, item.public, item.hidden, lab.imports, carry,
-                                          secret)
+                        report = run_test(channel, item.grade_id, item.public, item.hidden, lab.imports, carry, secret)
                     except PeerTimeout:
                         raise CellTimeoutError("per-cell time limit") from None
                     except PeerGone:
@@ -454,14 +511,20 @@ def grade_submission(lab: LabSpec, path: str | os.PathLike, student: str, limits
                     if watchdog.tripped:  # killed just as the test finished: the kernel's answers may be cut short
                         raise _limits.CpuLimitExceeded(f"{watchdog.used:.1f} s of CPU time")
                 results[item.grade_id] = _score_report(item, report)
-            steps_timing.append({"step": current, "cpu_s": round(kernel.meter.read() - cpu_before, 2),
-                                 "wall_s": round(time.monotonic() - wall_before, 2)})
+            steps_timing.append(
+                {
+                    "step": current,
+                    "cpu_s": round(kernel.meter.read() - cpu_before, 2),
+                    "wall_s": round(time.monotonic() - wall_before, 2),
+                }
+            )
         return finish(*final)
     except (CellTimeoutError, _limits.CpuLimitExceeded) as exc:
         cpu = isinstance(exc, _limits.CpuLimitExceeded)
         cell_cpu = kernel.meter.read() - cpu_before if kernel is not None else 0.0
-        why = _limits.timeout_reason(limits, current, cpu=cpu, whole=cpu_whole if cpu else wall_whole,
-                                     cell_cpu=cell_cpu)
+        why = _limits.timeout_reason(
+            limits, current, cpu=cpu, whole=cpu_whole if cpu else wall_whole, cell_cpu=cell_cpu
+        )
         if running is not None:
             results[running.grade_id] = _question(running, False, f"timed out: {why}")
         return finish("timeout", why)

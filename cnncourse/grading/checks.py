@@ -24,8 +24,9 @@ def check_shape(actual: Any, expected: Sequence[int], name: str = "result") -> N
     Reference: the ``(N, C, H, W)`` convention of ``torch.nn.Conv2d``.
     """
     if not isinstance(actual, torch.Tensor):
-        raise CheckFailed(f"{name}: expected a torch.Tensor of shape {tuple(expected)}, "
-                          f"got {actual.__class__.__name__}")
+        raise CheckFailed(
+            f"{name}: expected a torch.Tensor of shape {tuple(expected)}, got {actual.__class__.__name__}"
+        )
     if tuple(actual.shape) != tuple(expected):
         raise CheckFailed(f"{name}: expected shape {tuple(expected)}, got {tuple(actual.shape)}")
 
@@ -54,7 +55,8 @@ def check_close(actual: Any, expected: Any, name: str = "result", rtol: float = 
         worst = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape)) if diff.dim() else ()
         raise CheckFailed(
             f"{name}: values differ; largest difference {diff.max().item():.3g} at index {worst}: "
-            f"expected {expected_c[worst].item():.6g}, got {actual_c[worst].item():.6g}")
+            f"expected {expected_c[worst].item():.6g}, got {actual_c[worst].item():.6g}"
+        )
 
 
 def check_equal(actual: Any, expected: Any, name: str = "result") -> None:

@@ -87,19 +87,28 @@ class GraderChannel(Channel):
         if op == "call" and callable(target) and not isinstance(target, type):
             return apply_op(op, target, args)
         data = isinstance(target, (torch.nn.Module, torch.Tensor))
-        if op == "getattr" and args and type(args[0]) is str and (
-                args[0] in GRADER_ATTRS or (data and not args[0].startswith("_"))):
+        if (
+            op == "getattr"
+            and args
+            and type(args[0]) is str
+            and (args[0] in GRADER_ATTRS or (data and not args[0].startswith("_")))
+        ):
             return apply_op(op, target, args)
         if op in ("value", "len", "iter", "next", "repr", "str", "bool", "format") and not isinstance(target, type):
             if op == "value" and not isinstance(target, torch.Tensor):
                 raise TypeError("only tensors can be fetched by value")
             return apply_op(op, target, args)
-        if op == "op" and data and args and args[0] in ("getitem", "neg", "abs", "add", "sub", "mul", "truediv",
-                                                        "lt", "le", "gt", "ge", "eq", "ne"):
+        if (
+            op == "op"
+            and data
+            and args
+            and args[0] in ("getitem", "neg", "abs", "add", "sub", "mul", "truediv", "lt", "le", "gt", "ge", "eq", "ne")
+        ):
             return apply_op(op, target, args)
         if op == "getattr":  # an AttributeError, so hasattr() and dict() treat it as absent
-            raise AttributeError(f"the grader does not give out attribute {str(args[0])[:50]!r} of "
-                                 f"{type(target).__name__}")
+            raise AttributeError(
+                f"the grader does not give out attribute {str(args[0])[:50]!r} of {type(target).__name__}"
+            )
         raise PermissionError(f"the grader does not answer {op!r} on {type(target).__name__}")
 
 
@@ -161,8 +170,17 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
 
     if depth > 20:
         return False
-    if value is None or type(value) in (bool, int, float, str, torch.Tensor, torch.dtype, torch.Size, torch.device,
-                                        Proxy):
+    if value is None or type(value) in (
+        bool,
+        int,
+        float,
+        str,
+        torch.Tensor,
+        torch.dtype,
+        torch.Size,
+        torch.device,
+        Proxy,
+    ):
         return True
     if type(value) in (list, tuple):
         return all(_is_plain(v, depth + 1) for v in value)
@@ -171,8 +189,15 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def run_test(channel: GraderChannel, grade_id: str, public: str, hidden: str, imports: str,
-             carry: dict[str, Any], secret: str = "") -> dict[str, Any]:
+def run_test(
+    channel: GraderChannel,
+    grade_id: str,
+    public: str,
+    hidden: str,
+    imports: str,
+    carry: dict[str, Any],
+    secret: str = "",
+) -> dict[str, Any]:
     """Run one source-lab test cell (public part, then hidden part) here, against the student's kernel.
 
     Returns:
@@ -202,8 +227,13 @@ def run_test(channel: GraderChannel, grade_id: str, public: str, hidden: str, im
             exec(compile(imports, f"<{grade_id}: lab imports>", "exec"), ns)
         for alias, module in _ALIASES.items():
             ns[alias] = __import__(module, fromlist=["_"])
-        ns.update({k: v for k, v in vars(checks).items() if not k.startswith("_")
-                   and getattr(v, "__module__", None) == checks.__name__})
+        ns.update(
+            {
+                k: v
+                for k, v in vars(checks).items()
+                if not k.startswith("_") and getattr(v, "__module__", None) == checks.__name__
+            }
+        )
         ns.update(forbid=integrity.forbid, DelegationError=integrity.DelegationError)
         ns["__builtins__"] = dict(vars(builtins))
         ns["__name__"] = "__main__"
@@ -218,8 +248,10 @@ def run_test(channel: GraderChannel, grade_id: str, public: str, hidden: str, im
             except (PeerTimeout, PeerGone):
                 raise
             except ProtocolError as exc:
-                result[part] = {"type": "ProtocolError", "message": f"the submission sent data the grader cannot "
-                                                                    f"read: {exc}"}
+                result[part] = {
+                    "type": "ProtocolError",
+                    "message": f"the submission sent data the grader cannot read: {exc}",
+                }
             except BaseException as exc:  # noqa: BLE001  (a test's failure, whatever its type)
                 if isinstance(exc, KeyboardInterrupt):
                     raise
@@ -230,8 +262,11 @@ def run_test(channel: GraderChannel, grade_id: str, public: str, hidden: str, im
                 break
         # Names a test cell defines stay visible to later tests and, where they are data, to later cells.
         skip = {"__builtins__", "__name__"}
-        new = {k: v for k, v in ns.items() if k not in skip and not (k in before and before[k] is v)
-               and not (k in ns.fetched and ns.fetched[k] is v)}
+        new = {
+            k: v
+            for k, v in ns.items()
+            if k not in skip and not (k in before and before[k] is v) and not (k in ns.fetched and ns.fetched[k] is v)
+        }
         for name, value in new.items():
             if _is_plain(value):
                 try:

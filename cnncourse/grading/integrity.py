@@ -97,7 +97,8 @@ def forbid_here(*dotted_names: str) -> Iterator[None]:
 
             def refuse(*args: Any, _name: str = originals[key][0], **kwargs: Any) -> Any:
                 raise DelegationError(
-                    f"{_name} was called, but this question asks you to implement the operation yourself")
+                    f"{_name} was called, but this question asks you to implement the operation yourself"
+                )
 
             saved.append((owner, attr, getattr(owner, attr)))
             setattr(owner, attr, refuse)

@@ -39,11 +39,11 @@ from typing import Any, Callable
 
 from cnncourse.io import atomic_write_text
 
-FACTOR = 3.0          # a cell may use this many times the reference solution's slowest cell ...
-CELL_FLOOR = 10.0     # ... but never less than this many CPU seconds
-TOTAL_FLOOR = 60.0    # the whole submission: max(TOTAL_FLOOR, FACTOR × reference total) CPU seconds
-WALL_FACTOR = 4.0     # wall-clock ceiling = WALL_FACTOR × each CPU limit
-POLL_S = 0.5          # how often the watchdog reads the CPU meter (a scan of /proc costs ~10 ms)
+FACTOR = 3.0  # a cell may use this many times the reference solution's slowest cell ...
+CELL_FLOOR = 10.0  # ... but never less than this many CPU seconds
+TOTAL_FLOOR = 60.0  # the whole submission: max(TOTAL_FLOOR, FACTOR × reference total) CPU seconds
+WALL_FACTOR = 4.0  # wall-clock ceiling = WALL_FACTOR × each CPU limit
+POLL_S = 0.5  # how often the watchdog reads the CPU meter (a scan of /proc costs ~10 ms)
 CALIBRATION_SCHEMA = 1
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -53,6 +53,7 @@ class CpuLimitExceeded(Exception):
 
 
 # ---------------------------------------------------------------- measuring CPU time from the outside
+
 
 def _proc_table() -> dict[int, tuple[int, int, float]] | None:
     """``pid -> (ppid, pgrp, CPU seconds of the process, its threads and its reaped children)`` from ``/proc``."""
@@ -71,7 +72,7 @@ def _proc_table() -> dict[int, tuple[int, int, float]] | None:
             continue
         # Fields after the command name (which may contain spaces and parentheses), see proc(5):
         # state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
-        rest = raw[raw.rfind(b")") + 2:].split()
+        rest = raw[raw.rfind(b")") + 2 :].split()
         ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
         table[int(name)] = (int(rest[1]), int(rest[2]), ticks / _TICK)
     return table
@@ -194,6 +195,7 @@ class Watchdog:
 
 # ---------------------------------------------------------------- per-step limits and the reasons given
 
+
 def step_limits(limits: Any, cpu_used: float, wall_used: float, cell: bool = True) -> tuple[float, float, bool, bool]:
     """CPU and wall seconds the next cell may take: ``(cpu, wall, cpu_is_whole, wall_is_whole)``.
 
@@ -206,8 +208,12 @@ def step_limits(limits: Any, cpu_used: float, wall_used: float, cell: bool = Tru
     if not cell:
         return cpu_left, wall_left, True, True
     cell_wall = limits.cell_timeout * limits.wall_factor
-    return (min(limits.cell_timeout, cpu_left), min(cell_wall, wall_left),
-            cpu_left < limits.cell_timeout, wall_left < cell_wall)
+    return (
+        min(limits.cell_timeout, cpu_left),
+        min(cell_wall, wall_left),
+        cpu_left < limits.cell_timeout,
+        wall_left < cell_wall,
+    )
 
 
 def timeout_reason(limits: Any, current: str, *, cpu: bool, whole: bool, cell_cpu: float = 0.0) -> str:
@@ -217,19 +223,27 @@ def timeout_reason(limits: Any, current: str, *, cpu: bool, whole: bool, cell_cp
     if cpu:
         return f"{current} ran longer than the per-cell limit of {limits.cell_timeout:g} s of CPU time"
     if whole:
-        return (f"the whole-submission wall-clock ceiling of {limits.timeout * limits.wall_factor:g} s "
-                f"ran out during {current}")
+        return (
+            f"the whole-submission wall-clock ceiling of {limits.timeout * limits.wall_factor:g} s "
+            f"ran out during {current}"
+        )
     ceiling = limits.cell_timeout * limits.wall_factor
-    return (f"{current} ran longer than the per-cell wall-clock ceiling of {ceiling:g} s, using {cell_cpu:.1f} s "
-            f"of its {limits.cell_timeout:g} s of CPU time (sleeping, waiting, or a busy machine)")
+    return (
+        f"{current} ran longer than the per-cell wall-clock ceiling of {ceiling:g} s, using {cell_cpu:.1f} s "
+        f"of its {limits.cell_timeout:g} s of CPU time (sleeping, waiting, or a busy machine)"
+    )
 
 
 def describe(limits: Any) -> dict[str, Any]:
     """The limits a record was graded under, for the record itself."""
-    return {"cell_cpu_s": limits.cell_timeout, "total_cpu_s": limits.timeout,
-            "cell_wall_s": round(limits.cell_timeout * limits.wall_factor, 2),
-            "total_wall_s": round(limits.timeout * limits.wall_factor, 2),
-            "memory_mb": limits.memory_mb, "source": limits.source}
+    return {
+        "cell_cpu_s": limits.cell_timeout,
+        "total_cpu_s": limits.timeout,
+        "cell_wall_s": round(limits.cell_timeout * limits.wall_factor, 2),
+        "total_wall_s": round(limits.timeout * limits.wall_factor, 2),
+        "memory_mb": limits.memory_mb,
+        "source": limits.source,
+    }
 
 
 def loadavg() -> list[float]:
@@ -241,6 +255,7 @@ def loadavg() -> list[float]:
 
 
 # ---------------------------------------------------------------- calibration against the reference solution
+
 
 def machine_fingerprint() -> dict[str, Any]:
     """What makes a CPU-time measurement valid on this machine: processor, count, platform, Python and torch."""
@@ -254,8 +269,14 @@ def machine_fingerprint() -> dict[str, Any]:
         torch_version = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         torch_version = "none"
-    return {"cpu": model, "cpus": os.cpu_count(), "machine": platform.machine(), "system": platform.system(),
-            "python": platform.python_version(), "torch": torch_version}
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+        "torch": torch_version,
+    }
 
 
 def cache_dir() -> Path:
@@ -272,8 +293,14 @@ def _cache_file(lab: Any, machine: dict[str, Any], sandbox: bool, folder: Path) 
     return folder / f"{lab.name}-{lab.sha256[:16]}-{fp}.json"
 
 
-def calibrate(lab_path: str | os.PathLike, *, memory_mb: int | None = 4096, folder: str | os.PathLike | None = None,
-              progress: bool = True, sandbox: bool = True) -> dict[str, Any]:
+def calibrate(
+    lab_path: str | os.PathLike,
+    *,
+    memory_mb: int | None = 4096,
+    folder: str | os.PathLike | None = None,
+    progress: bool = True,
+    sandbox: bool = True,
+) -> dict[str, Any]:
     """Measure the CPU time of each cell of the source lab's reference solution, or reuse the cached measurement.
 
     The source lab is graded as if it were a submission (same kernel, same tests) under
@@ -293,60 +320,107 @@ def calibrate(lab_path: str | os.PathLike, *, memory_mb: int | None = 4096, fold
     path = _cache_file(lab, machine, sandbox, Path(folder) if folder else cache_dir())
     try:
         data = json.loads(path.read_text("utf-8"))
-        if (data.get("schema") == CALIBRATION_SCHEMA and data.get("lab_sha256") == lab.sha256
-                and data.get("machine") == machine and data.get("sandbox") is sandbox
-                and isinstance(data.get("steps"), list) and data["steps"]):
+        if (
+            data.get("schema") == CALIBRATION_SCHEMA
+            and data.get("lab_sha256") == lab.sha256
+            and data.get("machine") == machine
+            and data.get("sandbox") is sandbox
+            and isinstance(data.get("steps"), list)
+            and data["steps"]
+        ):
             return dict(data, cached=True, file=str(path))
     except (OSError, ValueError, AttributeError):
         pass
     if progress:
-        print(f"calibrating time limits: running the reference solution of {lab.name} once "
-              f"(cached in {path.parent})", file=sys.stderr)
-    generous = Limits(timeout=7200.0, cell_timeout=3600.0, memory_mb=memory_mb, source="calibration run",
-                      sandbox=sandbox)
+        print(
+            f"calibrating time limits: running the reference solution of {lab.name} once (cached in {path.parent})",
+            file=sys.stderr,
+        )
+    generous = Limits(
+        timeout=7200.0, cell_timeout=3600.0, memory_mb=memory_mb, source="calibration run", sandbox=sandbox
+    )
     record = grade_submission(lab, lab.path, "reference solution", generous)
     if record["status"] != "ok" or record["total"] != record["max_total"]:
         failed = [q["grade_id"] for q in record["questions"] if not q["passed"]]
-        raise ValueError(f"{lab.path}: the source lab's own solution scored {record['total']:g} of "
-                         f"{record['max_total']:g} (status {record['status']}: {record['reason'] or 'failed tests'}; "
-                         f"failed: {', '.join(failed) or 'none'}); fix the lab or give --timeout and --cell-timeout")
+        raise ValueError(
+            f"{lab.path}: the source lab's own solution scored {record['total']:g} of "
+            f"{record['max_total']:g} (status {record['status']}: {record['reason'] or 'failed tests'}; "
+            f"failed: {', '.join(failed) or 'none'}); fix the lab or give --timeout and --cell-timeout"
+        )
     steps = record["timing"]["steps"]
-    data = {"schema": CALIBRATION_SCHEMA, "lab": lab.name, "lab_sha256": lab.sha256, "machine": machine,
-            "sandbox": sandbox, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "loadavg": loadavg(),
-            "cpu_s": record["timing"]["cpu_s"], "wall_s": record["timing"]["wall_s"],
-            "slowest": max(steps, key=lambda s: s["cpu_s"]), "steps": steps}
+    data = {
+        "schema": CALIBRATION_SCHEMA,
+        "lab": lab.name,
+        "lab_sha256": lab.sha256,
+        "machine": machine,
+        "sandbox": sandbox,
+        "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "loadavg": loadavg(),
+        "cpu_s": record["timing"]["cpu_s"],
+        "wall_s": record["timing"]["wall_s"],
+        "slowest": max(steps, key=lambda s: s["cpu_s"]),
+        "steps": steps,
+    }
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     return dict(data, cached=False, file=str(path))
 
 
-def calibrated_limits(calibration: dict[str, Any], *, factor: float = FACTOR, cell_floor: float = CELL_FLOOR,
-                      total_floor: float = TOTAL_FLOOR, wall_factor: float = WALL_FACTOR,
-                      memory_mb: int | None = 4096, cell_timeout: float | None = None,
-                      timeout: float | None = None, sandbox: bool = True) -> Any:
+def calibrated_limits(
+    calibration: dict[str, Any],
+    *,
+    factor: float = FACTOR,
+    cell_floor: float = CELL_FLOOR,
+    total_floor: float = TOTAL_FLOOR,
+    wall_factor: float = WALL_FACTOR,
+    memory_mb: int | None = 4096,
+    cell_timeout: float | None = None,
+    timeout: float | None = None,
+    sandbox: bool = True,
+) -> Any:
     """Limits from a :func:`calibrate` result; an explicit ``cell_timeout`` or ``timeout`` overrides its part."""
     from cnncourse.grading.autograde import Limits
 
     cell = cell_timeout or round(max(cell_floor, factor * calibration["slowest"]["cpu_s"]), 1)
     total = timeout or round(max(total_floor, factor * calibration["cpu_s"], cell), 1)
     given = [name for name, v in (("--cell-timeout", cell_timeout), ("--timeout", timeout)) if v]
-    source = (f"calibrated on {calibration['lab']}: {factor:g} x reference CPU time (slowest cell "
-              f"{calibration['slowest']['cpu_s']:.1f} s, all {calibration['cpu_s']:.1f} s), floors "
-              f"{cell_floor:g} s / {total_floor:g} s" + (f"; given {', '.join(given)}" if given else ""))
-    return Limits(timeout=total, cell_timeout=cell, memory_mb=memory_mb, wall_factor=wall_factor, source=source,
-                  sandbox=sandbox)
+    source = (
+        f"calibrated on {calibration['lab']}: {factor:g} x reference CPU time (slowest cell "
+        f"{calibration['slowest']['cpu_s']:.1f} s, all {calibration['cpu_s']:.1f} s), floors "
+        f"{cell_floor:g} s / {total_floor:g} s" + (f"; given {', '.join(given)}" if given else "")
+    )
+    return Limits(
+        timeout=total, cell_timeout=cell, memory_mb=memory_mb, wall_factor=wall_factor, source=source, sandbox=sandbox
+    )
 
 
-def resolve_limits(lab_path: str | os.PathLike, *, timeout: float | None = None, cell_timeout: float | None = None,
-                   memory_mb: int | None = 4096, wall_factor: float = WALL_FACTOR, progress: bool = True,
-                   sandbox: bool = True) -> Any:
+def resolve_limits(
+    lab_path: str | os.PathLike,
+    *,
+    timeout: float | None = None,
+    cell_timeout: float | None = None,
+    memory_mb: int | None = 4096,
+    wall_factor: float = WALL_FACTOR,
+    progress: bool = True,
+    sandbox: bool = True,
+) -> Any:
     """The limits to grade ``lab_path`` with: the given ones if both are given, else calibrated ones."""
     from cnncourse.grading.autograde import Limits
 
     if timeout and cell_timeout:
-        return Limits(timeout=timeout, cell_timeout=cell_timeout, memory_mb=memory_mb, wall_factor=wall_factor,
-                      source="given", sandbox=sandbox)
+        return Limits(
+            timeout=timeout,
+            cell_timeout=cell_timeout,
+            memory_mb=memory_mb,
+            wall_factor=wall_factor,
+            source="given",
+            sandbox=sandbox,
+        )
     calibration = calibrate(lab_path, memory_mb=memory_mb, progress=progress, sandbox=sandbox)
-    return calibrated_limits(calibration, memory_mb=memory_mb, wall_factor=wall_factor, cell_timeout=cell_timeout,
-                             timeout=timeout, sandbox=sandbox)
-
+    return calibrated_limits(
+        calibration,
+        memory_mb=memory_mb,
+        wall_factor=wall_factor,
+        cell_timeout=cell_timeout,
+        timeout=timeout,
+        sandbox=sandbox,
+    )

@@ -39,18 +39,23 @@ def _short(sha: str) -> str:
 
 def _load(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
-        raise MergeError(f"expected a folder written by `cnncourse grade --shard K/N --out DIR`, got {folder} "
-                         "(not a folder)")
+        raise MergeError(
+            f"expected a folder written by `cnncourse grade --shard K/N --out DIR`, got {folder} (not a folder)"
+        )
     try:
         manifest = read_manifest(folder)
     except ValueError as exc:
         raise MergeError(str(exc)) from None
     if manifest is None:
-        raise MergeError(f"expected a grading output with a manifest ({MANIFEST}) in {folder}, found none; "
-                         "was it graded by `cnncourse grade --shard K/N` of this version?")
+        raise MergeError(
+            f"expected a grading output with a manifest ({MANIFEST}) in {folder}, found none; "
+            "was it graded by `cnncourse grade --shard K/N` of this version?"
+        )
     if not manifest.get("complete"):
-        raise MergeError(f"{folder}: shard {manifest['shard']} did not finish grading; run its `grade` command "
-                         "again (it resumes) before merging")
+        raise MergeError(
+            f"{folder}: shard {manifest['shard']} did not finish grading; run its `grade` command "
+            "again (it resumes) before merging"
+        )
     return manifest
 
 
@@ -58,8 +63,10 @@ def _check_same(manifests: list[tuple[Path, dict[str, Any]]], key: str, what: st
     first_dir, first = manifests[0]
     for folder, m in manifests[1:]:
         if m.get(key) != first.get(key):
-            raise MergeError(f"mismatched {what}: expected {first_dir}'s {key} {first.get(key)!r} in every shard, "
-                             f"got {m.get(key)!r} in {folder}")
+            raise MergeError(
+                f"mismatched {what}: expected {first_dir}'s {key} {first.get(key)!r} in every shard, "
+                f"got {m.get(key)!r} in {folder}"
+            )
 
 
 def collect(folders: list[str | os.PathLike]) -> tuple[dict[str, Any], list[tuple[dict[str, Any], Path]]]:
@@ -74,16 +81,20 @@ def collect(folders: list[str | os.PathLike]) -> tuple[dict[str, Any], list[tupl
     first_dir, first = manifests[0]
     for folder, m in manifests[1:]:
         if m.get("lab_sha256") != first.get("lab_sha256"):
-            raise MergeError(f"mismatched source labs: {first_dir} was graded against {first.get('lab')} (sha256 "
-                             f"{_short(first.get('lab_sha256', ''))}), {folder} against {m.get('lab')} (sha256 "
-                             f"{_short(m.get('lab_sha256', ''))}); expected every shard graded against the same "
-                             "source lab file")
+            raise MergeError(
+                f"mismatched source labs: {first_dir} was graded against {first.get('lab')} (sha256 "
+                f"{_short(first.get('lab_sha256', ''))}), {folder} against {m.get('lab')} (sha256 "
+                f"{_short(m.get('lab_sha256', ''))}); expected every shard graded against the same "
+                "source lab file"
+            )
     _check_same(manifests, "grade_ids", "graded questions")
     _check_same(manifests, "secret_id", "course secrets (--secret)")
     counts = {parse_shard(m["shard"])[1] for _, m in manifests}
     if len(counts) > 1:
-        raise MergeError("mismatched shard counts: expected every folder to be one of N shards with the same N, got "
-                         + ", ".join(f"{f}: {m['shard']}" for f, m in manifests))
+        raise MergeError(
+            "mismatched shard counts: expected every folder to be one of N shards with the same N, got "
+            + ", ".join(f"{f}: {m['shard']}" for f, m in manifests)
+        )
     n = counts.pop()
     seen: dict[int, Path] = {}
     for folder, m in manifests:
@@ -93,31 +104,44 @@ def collect(folders: list[str | os.PathLike]) -> tuple[dict[str, Any], list[tupl
         seen[k] = folder
     missing = [f"{k}/{n}" for k in range(1, n + 1) if k not in seen]
     if missing:
-        raise MergeError(f"missing shards: expected {n} shard folders (1/{n} to {n}/{n}), got "
-                         f"{', '.join(shard_text((k, n)) for k in sorted(seen))}; missing {', '.join(missing)}")
+        raise MergeError(
+            f"missing shards: expected {n} shard folders (1/{n} to {n}/{n}), got "
+            f"{', '.join(shard_text((k, n)) for k in sorted(seen))}; missing {', '.join(missing)}"
+        )
     owner: dict[str, Path] = {}
     pairs: list[tuple[dict[str, Any], Path]] = []
     for folder, m in manifests:
         k = parse_shard(m["shard"])[0]
         for student in m["students"]:
             if student in owner:
-                raise MergeError(f"duplicate student {student!r}: graded in {owner[student]} and in {folder}; "
-                                 "expected each student in exactly one shard")
+                raise MergeError(
+                    f"duplicate student {student!r}: graded in {owner[student]} and in {folder}; "
+                    "expected each student in exactly one shard"
+                )
             owner[student] = folder
             if shard_of(student, n) != k:
-                raise MergeError(f"{folder}: student {student!r} belongs to shard {shard_of(student, n)}/{n}, but "
-                                 f"this folder is shard {k}/{n}; were the shards graded with different N?")
+                raise MergeError(
+                    f"{folder}: student {student!r} belongs to shard {shard_of(student, n)}/{n}, but "
+                    f"this folder is shard {k}/{n}; were the shards graded with different N?"
+                )
             pairs.append((_record(folder, m, student), folder))
     if len({m.get("limits") and json.dumps(m["limits"], sort_keys=True) for _, m in manifests}) > 1:
-        print("warning: the shards were graded under different time limits (each calibrated on its own machine); "
-              "pass the same --timeout and --cell-timeout to every shard for equal treatment:\n  "
-              + "\n  ".join(f"{f}: {m.get('limits')}" for f, m in manifests), file=sys.stderr)
+        print(
+            "warning: the shards were graded under different time limits (each calibrated on its own machine); "
+            "pass the same --timeout and --cell-timeout to every shard for equal treatment:\n  "
+            + "\n  ".join(f"{f}: {m.get('limits')}" for f, m in manifests),
+            file=sys.stderr,
+        )
     pairs.sort(key=lambda p: p[0]["student"])
     merged = {k: first.get(k) for k in ("lab", "lab_sha256", "grade_ids", "secret_id", "sandbox", "limits")}
-    merged.update(shard="1/1", students=[r["student"] for r, _ in pairs], complete=True,
-                  sandbox=all(m.get("sandbox") for _, m in manifests),
-                  submissions_found=max(m.get("submissions_found", 0) for _, m in manifests),
-                  merged_from=[{"folder": str(f), "shard": m["shard"]} for f, m in manifests])
+    merged.update(
+        shard="1/1",
+        students=[r["student"] for r, _ in pairs],
+        complete=True,
+        sandbox=all(m.get("sandbox") for _, m in manifests),
+        submissions_found=max(m.get("submissions_found", 0) for _, m in manifests),
+        merged_from=[{"folder": str(f), "shard": m["shard"]} for f, m in manifests],
+    )
     return merged, pairs
 
 
@@ -126,14 +150,21 @@ def _record(folder: Path, manifest: dict[str, Any], student: str) -> dict[str, A
     try:
         record = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as exc:
-        raise MergeError(f"{folder}: expected the record {path.name} of student {student!r} listed in its manifest, "
-                         f"got {type(exc).__name__}: {exc}") from None
-    if not isinstance(record, dict) or record.get("student") != student \
-            or record.get("lab_sha256") != manifest.get("lab_sha256"):
-        raise MergeError(f"{path}: expected student {student!r}'s record for lab sha256 "
-                         f"{_short(manifest.get('lab_sha256', ''))}, got one for student "
-                         f"{record.get('student') if isinstance(record, dict) else None!r}, lab sha256 "
-                         f"{_short(record.get('lab_sha256', '')) if isinstance(record, dict) else '?'}")
+        raise MergeError(
+            f"{folder}: expected the record {path.name} of student {student!r} listed in its manifest, "
+            f"got {type(exc).__name__}: {exc}"
+        ) from None
+    if (
+        not isinstance(record, dict)
+        or record.get("student") != student
+        or record.get("lab_sha256") != manifest.get("lab_sha256")
+    ):
+        raise MergeError(
+            f"{path}: expected student {student!r}'s record for lab sha256 "
+            f"{_short(manifest.get('lab_sha256', ''))}, got one for student "
+            f"{record.get('student') if isinstance(record, dict) else None!r}, lab sha256 "
+            f"{_short(record.get('lab_sha256', '')) if isinstance(record, dict) else '?'}"
+        )
     if not (folder / "feedback" / f"{student}.html").is_file():
         raise MergeError(f"{folder}: expected feedback/{student}.html for student {student!r}, found none")
     return record
@@ -164,8 +195,10 @@ def merge(folders: list[str | os.PathLike], out: str | os.PathLike) -> list[dict
         except ValueError:
             pass
         if not out.is_dir() or not (previous and previous.get("merged_from") or not any(out.iterdir())):
-            raise MergeError(f"expected --out to be a new folder, an empty one or an earlier grade-merge output, "
-                             f"got {out}, which holds other files")
+            raise MergeError(
+                f"expected --out to be a new folder, an empty one or an earlier grade-merge output, "
+                f"got {out}, which holds other files"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.merging-"))
     try:
@@ -209,17 +242,22 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         print(f"error: {exc}\nnothing was written", file=sys.stderr)
         return 2
     print(summary_text(records))
-    print(f"\nmerged {len(args.folders)} shards: wrote {Path(args.out) / 'gradebook.csv'}, {len(records)} records "
-          f"and feedback/ in {args.out}")
+    print(
+        f"\nmerged {len(args.folders)} shards: wrote {Path(args.out) / 'gradebook.csv'}, {len(records)} records "
+        f"and feedback/ in {args.out}"
+    )
     return 0
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``grade-merge`` subcommand on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    g = subparsers.add_parser("grade-merge", help="merge the outputs of `grade --shard K/N` into one gradebook",
-                              description="Check that the folders are shards 1/N to N/N of one source lab, each "
-                                          "once, with no student twice; then write their records, feedback/ and "
-                                          "one gradebook.csv into --out, atomically.")
+    g = subparsers.add_parser(
+        "grade-merge",
+        help="merge the outputs of `grade --shard K/N` into one gradebook",
+        description="Check that the folders are shards 1/N to N/N of one source lab, each "
+        "once, with no student twice; then write their records, feedback/ and "
+        "one gradebook.csv into --out, atomically.",
+    )
     g.add_argument("folders", nargs="+", help="the --out folders of `grade --shard K/N`, one per shard")
     g.add_argument("--out", required=True, help="folder for the merged records, gradebook.csv and feedback/")
     g.set_defaults(func=_cmd_merge)

@@ -52,9 +52,21 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-KINDS = ("off-by-one", "wrong-axis", "transposed-weight", "missing-bias", "missing-scaling", "missing-normalisation",
-         "in-place", "misplaced-activation", "misplaced-stride", "partial-check", "hard-coded", "delegates-to-library",
-         "other")
+KINDS = (
+    "off-by-one",
+    "wrong-axis",
+    "transposed-weight",
+    "missing-bias",
+    "missing-scaling",
+    "missing-normalisation",
+    "in-place",
+    "misplaced-activation",
+    "misplaced-stride",
+    "partial-check",
+    "hard-coded",
+    "delegates-to-library",
+    "other",
+)
 REQUIRED = ("name", "solution", "question", "kind", "why", "code")
 OPTIONAL = ("region",)
 # The no-secret seed (what a course without --secret uses) and five course secrets.
@@ -160,8 +172,9 @@ def load_mutants(path: str | os.PathLike, lab_path: str | os.PathLike) -> list[M
             raise MutantFileError(f"{label}: missing key(s) {', '.join(missing)}; expected {', '.join(REQUIRED)}")
         unknown = sorted(set(table) - set(REQUIRED) - set(OPTIONAL))
         if unknown:
-            raise MutantFileError(f"{label}: unknown key(s) {', '.join(unknown)}; expected "
-                                  f"{', '.join(REQUIRED + OPTIONAL)}")
+            raise MutantFileError(
+                f"{label}: unknown key(s) {', '.join(unknown)}; expected {', '.join(REQUIRED + OPTIONAL)}"
+            )
         bad = [k for k in REQUIRED if not isinstance(table[k], str) or not table[k].strip()]
         if bad:
             raise MutantFileError(f"{label}: key(s) {', '.join(bad)} must be non-empty strings")
@@ -171,19 +184,28 @@ def load_mutants(path: str | os.PathLike, lab_path: str | os.PathLike) -> list[M
         if table["kind"] not in KINDS:
             raise MutantFileError(f"{label}: kind {table['kind']!r} is not one of {', '.join(KINDS)}")
         if table["solution"] not in solutions:
-            raise MutantFileError(f"{label}: solution {table['solution']!r} is not a solution cell of {lab_path}; "
-                                  f"expected one of {', '.join(solutions)}")
+            raise MutantFileError(
+                f"{label}: solution {table['solution']!r} is not a solution cell of {lab_path}; "
+                f"expected one of {', '.join(solutions)}"
+            )
         if table["question"] not in questions:
-            raise MutantFileError(f"{label}: question {table['question']!r} is not a graded test cell of {lab_path};"
-                                  f" expected one of {', '.join(questions)}")
+            raise MutantFileError(
+                f"{label}: question {table['question']!r} is not a graded test cell of {lab_path};"
+                f" expected one of {', '.join(questions)}"
+            )
         region = table.get("region", 0)
         index = cells[table["solution"]][0]
         n_regions = sum(r.kind == BEGIN_SOLUTION for r in find_regions(nb.cells[index].source, index, lab_path))
         if type(region) is not int or not 0 <= region < n_regions:
-            raise MutantFileError(f"{label}: region {region!r} out of range; cell {table['solution']!r} has "
-                                  f"{n_regions} solution region(s), numbered from 0")
-        mutants.append(Mutant(table["name"], table["solution"], table["question"], table["kind"], table["why"],
-                              table["code"], region))
+            raise MutantFileError(
+                f"{label}: region {region!r} out of range; cell {table['solution']!r} has "
+                f"{n_regions} solution region(s), numbered from 0"
+            )
+        mutants.append(
+            Mutant(
+                table["name"], table["solution"], table["question"], table["kind"], table["why"], table["code"], region
+            )
+        )
     return mutants
 
 
@@ -195,7 +217,7 @@ def mutated_source(source: str, region: int, code: str) -> str:
     import textwrap
 
     body = [(r.indent + line) if line.strip() else "" for line in textwrap.dedent(code).strip("\n").splitlines()]
-    return "\n".join(lines[: r.start] + body + lines[r.end + 1:])
+    return "\n".join(lines[: r.start] + body + lines[r.end + 1 :])
 
 
 def apply_mutant(nb: nbformat.NotebookNode, mutant: Mutant) -> nbformat.NotebookNode:
@@ -260,8 +282,9 @@ class _Session:
             else:
                 for secret in self.secrets:
                     self.channel.deadline = time.monotonic() + limit
-                    report = run_test(self.channel, item.grade_id, item.public, item.hidden, self.lab.imports,
-                                      self.carry, secret)
+                    report = run_test(
+                        self.channel, item.grade_id, item.public, item.hidden, self.lab.imports, self.carry, secret
+                    )
                     scored = _score_report(item, report)
                     scores.setdefault(item.grade_id, []).append(scored["points"])
                     if not scored["passed"]:
@@ -304,8 +327,12 @@ def _dependants(steps: list, start: int, question: str) -> list[int]:
     return sorted(keep)
 
 
-def run_suite(lab_path: str | os.PathLike, mutants: list[Mutant] | None = None,
-              secrets: tuple[str, ...] = SECRETS, progress: Any = None) -> SuiteResult:
+def run_suite(
+    lab_path: str | os.PathLike,
+    mutants: list[Mutant] | None = None,
+    secrets: tuple[str, ...] = SECRETS,
+    progress: Any = None,
+) -> SuiteResult:
     """Grade the reference and every mutant of a source lab through the grader's plan and test code.
 
     ``progress``, if given, is called with each :class:`MutantResult` as soon as it is known.

@@ -11,19 +11,37 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-if TYPE_CHECKING:                       # the channel imports this module; a proxy only calls it
+if TYPE_CHECKING:  # the channel imports this module; a proxy only calls it
     from cnncourse.grading.rpc import Channel
 
 # Operators a proxy forwards; names of functions in ``operator``.
-BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and_", "or_", "xor",
-          "lt", "le", "gt", "ge", "eq", "ne", "contains", "getitem")
+BINARY = (
+    "add",
+    "sub",
+    "mul",
+    "truediv",
+    "floordiv",
+    "mod",
+    "pow",
+    "matmul",
+    "and_",
+    "or_",
+    "xor",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "eq",
+    "ne",
+    "contains",
+    "getitem",
+)
 
 
 def type_name(obj: Any) -> str:
     """``module.QualName`` of ``obj``'s class, as the wire names it."""
     cls = type(obj)
     return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls.__name__)}"
-
 
 
 class Proxy:
@@ -133,6 +151,7 @@ def _stub_class(type_name: str) -> type:
 def _binary(name: str, reflected: bool = False) -> Callable[[Proxy, Any], Any]:
     def method(self: Proxy, other: Any) -> Any:
         return self._cg("op", name, other, reflected)
+
     return method
 
 
@@ -163,4 +182,3 @@ def plain_tensor(t: torch.Tensor) -> torch.Tensor:
     if t.layout != torch.strided:
         t = t.to_dense()
     return t.cpu().contiguous()
-

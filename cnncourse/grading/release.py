@@ -59,24 +59,31 @@ def find_regions(source: str, cell_index: int, path: str | os.PathLike = "<noteb
         marker = line.strip()
         if marker not in _ALL:
             if any(m in line for m in _ALL):
-                raise MarkerError(f"{path}: cell {cell_index}, line {i + 1}: a marker must stand alone on its "
-                                  f"line, got {line.strip()!r}")
+                raise MarkerError(
+                    f"{path}: cell {cell_index}, line {i + 1}: a marker must stand alone on its "
+                    f"line, got {line.strip()!r}"
+                )
             continue
         if marker in _MARKERS:
             if open_kind is not None:
-                raise MarkerError(f"{path}: cell {cell_index}, line {i + 1}: {marker!r} inside an open "
-                                  f"{open_kind!r} (opened on line {open_line + 1})")
+                raise MarkerError(
+                    f"{path}: cell {cell_index}, line {i + 1}: {marker!r} inside an open "
+                    f"{open_kind!r} (opened on line {open_line + 1})"
+                )
             open_kind, open_line, indent = marker, i, line[: len(line) - len(line.lstrip())]
         else:
             if open_kind is None or _MARKERS[open_kind] != marker:
                 expected = _MARKERS[open_kind] if open_kind else "a BEGIN marker first"
-                raise MarkerError(f"{path}: cell {cell_index}, line {i + 1}: unbalanced {marker!r}; "
-                                  f"expected {expected!r}")
+                raise MarkerError(
+                    f"{path}: cell {cell_index}, line {i + 1}: unbalanced {marker!r}; expected {expected!r}"
+                )
             regions.append(Region(open_kind, open_line, i, indent))
             open_kind = None
     if open_kind is not None:
-        raise MarkerError(f"{path}: cell {cell_index}, line {open_line + 1}: {open_kind!r} is never closed "
-                          f"(expected {_MARKERS[open_kind]!r})")
+        raise MarkerError(
+            f"{path}: cell {cell_index}, line {open_line + 1}: {open_kind!r} is never closed "
+            f"(expected {_MARKERS[open_kind]!r})"
+        )
     return regions
 
 
@@ -85,7 +92,7 @@ def _strip_cell(source: str, cell_type: str, regions: list[Region]) -> str:
     out: list[str] = []
     pos = 0
     for r in regions:
-        out.extend(lines[pos:r.start])
+        out.extend(lines[pos : r.start])
         if r.kind == BEGIN_SOLUTION:
             if cell_type == "code":
                 out.append(f"{r.indent}# YOUR CODE HERE")
@@ -170,7 +177,7 @@ def selfcheck_cell_source(filename: str) -> str:
     return (
         "# Self-check before you submit: SAVE this notebook first (File > Save Notebook, or Ctrl+S / Cmd+S).\n"
         "# It runs the saved file from the top in a fresh kernel with the public tests, as the grader will,\n"
-        "# and prints your points per question. Questions marked \"hidden\" are graded only by tests you\n"
+        '# and prints your points per question. Questions marked "hidden" are graded only by tests you\n'
         "# cannot see, and the grader's hidden tests can still take points from a question that passes here.\n"
         "from cnncourse.grading.selfcheck import self_check\n"
         "\n"
@@ -195,7 +202,8 @@ def add_selfcheck_cell(nb: nbformat.NotebookNode, filename: str) -> nbformat.Not
         "Save the notebook (**File > Save Notebook**, or Ctrl+S / Cmd+S), then run the cell below. It runs your "
         "saved notebook from the top in a fresh kernel with the public tests, the way the grader will, and prints "
         "a table of your points per question. The same check from a terminal: "
-        f"`python -m cnncourse check {filename}`.")
+        f"`python -m cnncourse check {filename}`."
+    )
     cell = nbformat.v4.new_code_cell(selfcheck_cell_source(filename), metadata={"tags": [SELFCHECK_TAG]})
     if nb.nbformat_minor >= 5:
         text.id, cell.id = "selfcheck-text", "selfcheck-cnncourse"  # stable, so re-released labs do not differ
@@ -225,8 +233,9 @@ def add_questions_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             continue
         ids.append(meta["grade_id"])
         if meta.get("grade") and cell.cell_type == "code":
-            questions.append({"grade_id": meta["grade_id"], "points": meta.get("points", 0),
-                              "sha256": cell_sha256(cell.source)})
+            questions.append(
+                {"grade_id": meta["grade_id"], "points": meta.get("points", 0), "sha256": cell_sha256(cell.source)}
+            )
     if questions:
         nb.metadata["cnncourse"] = {"questions": questions, "grade_ids": ids}
     return nb

@@ -53,8 +53,13 @@ def find_submissions(paths: list[str | os.PathLike]) -> list[tuple[str, Path]]:
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found.extend(sorted(f for f in p.rglob("*.ipynb") if f.is_file()
-                                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+            found.extend(
+                sorted(
+                    f
+                    for f in p.rglob("*.ipynb")
+                    if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                )
+            )
         elif p.is_file():
             found.append(p)
         else:
@@ -63,8 +68,10 @@ def find_submissions(paths: list[str | os.PathLike]) -> list[tuple[str, Path]]:
     names = Counter(name for name, _ in pairs)
     clashes = [f"{n}: " + ", ".join(str(f) for m, f in pairs if m == n) for n, c in names.items() if c > 1]
     if clashes:
-        raise ValueError("two submissions have the same student name; rename them or use nbgrader's "
-                         "submitted/<student>/<assignment>/ layout:\n  " + "\n  ".join(clashes))
+        raise ValueError(
+            "two submissions have the same student name; rename them or use nbgrader's "
+            "submitted/<student>/<assignment>/ layout:\n  " + "\n  ".join(clashes)
+        )
     return pairs
 
 
@@ -88,8 +95,16 @@ def gradebook_csv_for(ids: list[str], records: list[dict[str, Any]]) -> str:
     writer.writerow(["student", "status", "total", "max_total", *ids, "flags"])
     for r in sorted(records, key=lambda r: r["student"]):
         points = {q["grade_id"]: q["points"] for q in r["questions"]}
-        writer.writerow([r["student"], r["status"], _fmt(r["total"]), _fmt(r["max_total"]),
-                         *(_fmt(points.get(i, 0.0)) for i in ids), "; ".join(r.get("flags", []))])
+        writer.writerow(
+            [
+                r["student"],
+                r["status"],
+                _fmt(r["total"]),
+                _fmt(r["max_total"]),
+                *(_fmt(points.get(i, 0.0)) for i in ids),
+                "; ".join(r.get("flags", [])),
+            ]
+        )
     return out.getvalue()
 
 
@@ -99,16 +114,19 @@ def feedback_html(record: dict[str, Any]) -> str:
     rows = "\n".join(
         f"<tr><td>{e(q['grade_id'])}</td><td>{'passed' if q['passed'] else 'failed'}</td>"
         f"<td>{_fmt(q['points'])} / {_fmt(q['max_points'])}</td><td><pre>{e(q['feedback'])}</pre></td></tr>"
-        for q in record["questions"])
+        for q in record["questions"]
+    )
     errors = "".join(f"<li>cell {c['cell']}: <code>{e(c['error'])}</code></li>" for c in record["cell_errors"])
     reason = f"<p>Note: {e(record['reason'])}</p>" if record["reason"] else ""
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{e(record['lab'])}: "
-            f"{e(record['student'])}</title></head><body>\n<h1>{e(record['lab'])}: feedback for "
-            f"{e(record['student'])}</h1>\n<p>Score: <b>{_fmt(record['total'])} / {_fmt(record['max_total'])}"
-            f"</b> (grading status: {e(record['status'])})</p>{reason}\n<table border='1' cellpadding='4'>"
-            f"<tr><th>question</th><th>result</th><th>points</th><th>feedback</th></tr>\n{rows}\n</table>\n"
-            + (f"<h2>Cells that raised an error</h2><ul>{errors}</ul>\n" if errors else "")
-            + "</body></html>\n")
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{e(record['lab'])}: "
+        f"{e(record['student'])}</title></head><body>\n<h1>{e(record['lab'])}: feedback for "
+        f"{e(record['student'])}</h1>\n<p>Score: <b>{_fmt(record['total'])} / {_fmt(record['max_total'])}"
+        f"</b> (grading status: {e(record['status'])})</p>{reason}\n<table border='1' cellpadding='4'>"
+        f"<tr><th>question</th><th>result</th><th>points</th><th>feedback</th></tr>\n{rows}\n</table>\n"
+        + (f"<h2>Cells that raised an error</h2><ul>{errors}</ul>\n" if errors else "")
+        + "</body></html>\n"
+    )
 
 
 def questions_table(record: dict[str, Any], width: int = 72) -> str:
@@ -121,9 +139,14 @@ def questions_table(record: dict[str, Any], width: int = 72) -> str:
     for q in record["questions"]:
         points = "?" if q["points"] is None else _fmt(q["points"])
         feedback = (q["feedback"].splitlines() or [""])[0]
-        rows.append((q["grade_id"], q.get("result") or ("passed" if q["passed"] else "FAILED"),
-                     f"{points} / {_fmt(q['max_points'])}", feedback if len(feedback) <= width else
-                     feedback[: width - 3] + "..."))
+        rows.append(
+            (
+                q["grade_id"],
+                q.get("result") or ("passed" if q["passed"] else "FAILED"),
+                f"{points} / {_fmt(q['max_points'])}",
+                feedback if len(feedback) <= width else feedback[: width - 3] + "...",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in rows]
     lines.insert(1, "-" * max(len(line) for line in lines))
@@ -139,13 +162,17 @@ def summary_text(records: list[dict[str, Any]]) -> str:
     reruns = [r for r in records if r.get("rerun")]
     if reruns:
         again = sum(r["status"] == "timeout" for r in reruns)
-        lines.append(f"\nre-run alone after a timeout: {len(reruns)} ({len(reruns) - again} then finished, "
-                     f"{again} timed out again)")
+        lines.append(
+            f"\nre-run alone after a timeout: {len(reruns)} ({len(reruns) - again} then finished, "
+            f"{again} timed out again)"
+        )
     if records:
         totals = [r["total"] for r in records]
         top = records[0]["max_total"]
-        lines.append(f"\nscore (out of {_fmt(top)}): min {_fmt(min(totals))}, median "
-                     f"{_fmt(statistics.median(totals))}, mean {statistics.fmean(totals):.2f}, max {_fmt(max(totals))}")
+        lines.append(
+            f"\nscore (out of {_fmt(top)}): min {_fmt(min(totals))}, median "
+            f"{_fmt(statistics.median(totals))}, mean {statistics.fmean(totals):.2f}, max {_fmt(max(totals))}"
+        )
         for value, n in sorted(Counter(totals).items()):
             lines.append(f"  {_fmt(value):>6} | {'#' * n} {n}")
     return "\n".join(lines)
@@ -164,22 +191,40 @@ def _previous(out: Path, student: str, lab: LabSpec, submission: Path, secret: s
         sha = hashlib.sha256(submission.read_bytes()).hexdigest()
     except (OSError, ValueError):
         return None
-    ok = (isinstance(record, dict) and record.get("schema") == SCHEMA and record.get("lab_sha256") == lab.sha256
-          and record.get("submission_sha256") == sha and record.get("student") == student
-          and record.get("status") in STATUSES and isinstance(record.get("questions"), list)
-          and record.get("secret_id", "") == secret_id(secret))
+    ok = (
+        isinstance(record, dict)
+        and record.get("schema") == SCHEMA
+        and record.get("lab_sha256") == lab.sha256
+        and record.get("submission_sha256") == sha
+        and record.get("student") == student
+        and record.get("status") in STATUSES
+        and isinstance(record.get("questions"), list)
+        and record.get("secret_id", "") == secret_id(secret)
+    )
     return record if ok else None
 
 
 def _attempt(record: dict[str, Any]) -> dict[str, Any]:
     timing = record.get("timing") or {}
-    return {"status": record["status"], "reason": record["reason"], "total": record["total"],
-            "limits": record.get("limits"), "cpu_s": timing.get("cpu_s"), "wall_s": record.get("elapsed"),
-            "loadavg": timing.get("loadavg")}
+    return {
+        "status": record["status"],
+        "reason": record["reason"],
+        "total": record["total"],
+        "limits": record.get("limits"),
+        "cpu_s": timing.get("cpu_s"),
+        "wall_s": record.get("elapsed"),
+        "loadavg": timing.get("loadavg"),
+    }
 
 
-def rerun_timeouts(records: list[dict[str, Any]], lab: LabSpec, limits: Limits,
-                   done: Callable[[dict[str, Any]], None], progress: bool = True, secret: str = "") -> None:
+def rerun_timeouts(
+    records: list[dict[str, Any]],
+    lab: LabSpec,
+    limits: Limits,
+    done: Callable[[dict[str, Any]], None],
+    progress: bool = True,
+    secret: str = "",
+) -> None:
     """Grade each ``timeout`` record not yet re-run once more, alone; report the final record to ``done``.
 
     The second attempt's result stands (a timeout counts only when it happens twice); the
@@ -204,9 +249,11 @@ def require_sandbox(sandboxed: bool) -> None:
     from cnncourse.grading.sandbox import available
 
     if sandboxed and not available():
-        raise ValueError("expected the bubblewrap sandbox (`bwrap`) to isolate student kernels, but it is missing or "
-                         "cannot create namespaces here; install it (`apt-get install bubblewrap`) or grade with "
-                         "--no-sandbox")
+        raise ValueError(
+            "expected the bubblewrap sandbox (`bwrap`) to isolate student kernels, but it is missing or "
+            "cannot create namespaces here; install it (`apt-get install bubblewrap`) or grade with "
+            "--no-sandbox"
+        )
 
 
 def check_shard_folder(out: str | os.PathLike, shard: tuple[int, int]) -> None:
@@ -217,14 +264,25 @@ def check_shard_folder(out: str | os.PathLike, shard: tuple[int, int]) -> None:
     """
     before = read_manifest(out)
     if before is not None and before["shard"] != shard_text(shard):
-        raise ValueError(f"{out} holds shard {before['shard']} of {before.get('lab')}; expected an empty folder or "
-                         f"shard {shard_text(shard)}'s own (give each shard its own --out)")
+        raise ValueError(
+            f"{out} holds shard {before['shard']} of {before.get('lab')}; expected an empty folder or "
+            f"shard {shard_text(shard)}'s own (give each shard its own --out)"
+        )
 
 
-def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike], out: str | os.PathLike, *,
-                jobs: int = 1, limits: Limits | None = None, force: bool = False, progress: bool = True,
-                on_record: Callable[[dict[str, Any]], None] | None = None, secret: str = "",
-                shard: tuple[int, int] = (1, 1)) -> list[dict[str, Any]]:
+def grade_batch(
+    lab_path: str | os.PathLike,
+    submissions: list[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    jobs: int = 1,
+    limits: Limits | None = None,
+    force: bool = False,
+    progress: bool = True,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    secret: str = "",
+    shard: tuple[int, int] = (1, 1),
+) -> list[dict[str, Any]]:
     """Grade every submission against the source lab and write ``out``'s records, gradebook and feedback.
 
     Args:
@@ -257,10 +315,19 @@ def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike
     out.mkdir(parents=True, exist_ok=True)
 
     def manifest(complete: bool) -> None:
-        write_manifest(out, lab=lab.name, lab_sha256=lab.sha256, grade_ids=[t.grade_id for t in lab.tests],
-                       shard=shard_text(shard), students=[s for s, _ in pairs], submissions_found=found,
-                       secret_id=secret_id(secret), sandbox=limits.sandbox, limits=describe(limits),
-                       complete=complete)
+        write_manifest(
+            out,
+            lab=lab.name,
+            lab_sha256=lab.sha256,
+            grade_ids=[t.grade_id for t in lab.tests],
+            shard=shard_text(shard),
+            students=[s for s, _ in pairs],
+            submissions_found=found,
+            secret_id=secret_id(secret),
+            sandbox=limits.sandbox,
+            limits=describe(limits),
+            complete=complete,
+        )
 
     manifest(complete=False)  # claims the folder: a second shard pointed at it is refused
     records: dict[str, dict[str, Any]] = {}
@@ -315,20 +382,49 @@ def grade_batch(lab_path: str | os.PathLike, submissions: list[str | os.PathLike
     atomic_write_text(out / "gradebook.csv", gradebook_csv(lab, ordered))
     manifest(complete=True)
     expected = {f"{s}.json" for s, _ in pairs} | {f"feedback/{s}.html" for s, _ in pairs} | {"gradebook.csv", MANIFEST}
-    extra = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
-                   and p.relative_to(out).as_posix() not in expected)
+    extra = sorted(
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and p.relative_to(out).as_posix() not in expected
+    )
     if extra:
-        print(f"warning: files in {out} that this run did not write (left untouched): " + ", ".join(extra[:20]),
-              file=sys.stderr)
+        print(
+            f"warning: files in {out} that this run did not write (left untouched): " + ", ".join(extra[:20]),
+            file=sys.stderr,
+        )
     return ordered
 
 
 def _error_record(lab: LabSpec, job: Job, reason: str) -> dict[str, Any]:
-    questions = [{"grade_id": t.grade_id, "points": 0.0, "max_points": t.points, "passed": False,
-                  "feedback": f"not graded: {reason}", "detail": reason} for t in lab.tests]
-    return {"schema": SCHEMA, "student": job.student, "submission": job.submission, "submission_sha256": "",
-            "lab": lab.name, "lab_sha256": lab.sha256, "secret_id": secret_id(job.secret), "status": "error",
-            "reason": reason, "total": 0.0,
-            "max_total": lab.max_total, "elapsed": 0.0, "questions": questions, "missing_cells": [],
-            "cell_errors": [], "sandbox": job.limits.sandbox, "flags": [], "limits": describe(job.limits),
-            "timing": {}}
+    questions = [
+        {
+            "grade_id": t.grade_id,
+            "points": 0.0,
+            "max_points": t.points,
+            "passed": False,
+            "feedback": f"not graded: {reason}",
+            "detail": reason,
+        }
+        for t in lab.tests
+    ]
+    return {
+        "schema": SCHEMA,
+        "student": job.student,
+        "submission": job.submission,
+        "submission_sha256": "",
+        "lab": lab.name,
+        "lab_sha256": lab.sha256,
+        "secret_id": secret_id(job.secret),
+        "status": "error",
+        "reason": reason,
+        "total": 0.0,
+        "max_total": lab.max_total,
+        "elapsed": 0.0,
+        "questions": questions,
+        "missing_cells": [],
+        "cell_errors": [],
+        "sandbox": job.limits.sandbox,
+        "flags": [],
+        "limits": describe(job.limits),
+        "timing": {},
+    }

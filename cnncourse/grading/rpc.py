@@ -38,18 +38,55 @@ from cnncourse.grading.proxy import BINARY, Proxy, plain_tensor, type_name
 # A tensor's raw bytes on the wire: sent without a copy (memoryview), received into a bytearray.
 Blob = bytes | bytearray | memoryview
 
-__all__ = ["Channel", "GRADER_ATTRS", "PeerGone", "PeerTimeout", "ProtocolError", "Proxy", "RemoteError", "apply_op",
-           "make_exception", "plain_tensor"]
+__all__ = [
+    "Channel",
+    "GRADER_ATTRS",
+    "PeerGone",
+    "PeerTimeout",
+    "ProtocolError",
+    "Proxy",
+    "RemoteError",
+    "apply_op",
+    "make_exception",
+    "plain_tensor",
+]
 
 MAX_DEPTH = 64
 MAX_ITEMS = 1_000_000
-MAX_BYTES = 1 << 30            # 1 GiB in one message
-_DTYPES = {str(d).removeprefix("torch."): d for d in (
-    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
-    torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128)}
+MAX_BYTES = 1 << 30  # 1 GiB in one message
+_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+        torch.complex64,
+        torch.complex128,
+    )
+}
 # What the kernel may do with an object the grader passed to it (a model or a function of the test).
-GRADER_ATTRS = frozenset({"eval", "train", "training", "forward", "to", "float", "double", "parameters",
-                          "named_parameters", "zero_grad", "requires_grad_"})
+GRADER_ATTRS = frozenset(
+    {
+        "eval",
+        "train",
+        "training",
+        "forward",
+        "to",
+        "float",
+        "double",
+        "parameters",
+        "named_parameters",
+        "zero_grad",
+        "requires_grad_",
+    }
+)
 
 
 class ProtocolError(Exception):
@@ -68,7 +105,6 @@ class RemoteError(Exception):
     """An exception raised on the other end that has no builtin equivalent here; the message names its type."""
 
 
-
 class Channel:
     """One end of the connection: encodes and decodes values and answers the other end's requests.
 
@@ -80,8 +116,8 @@ class Channel:
 
     def __init__(self, sock: socket.socket, trusted: bool, deadline: float | None = None) -> None:
         self.sock, self.trusted, self.deadline = sock, trusted, deadline
-        self.objects: dict[int, Any] = {}           # handles we gave out: id -> object
-        self.forbidden: list[str] = []              # grader end: names a test forbids during remote calls
+        self.objects: dict[int, Any] = {}  # handles we gave out: id -> object
+        self.forbidden: list[str] = []  # grader end: names a test forbids during remote calls
         self.class_lookup: Callable[[str], Any] | None = None
 
     # ------------------------------------------------------------------ framing
@@ -167,8 +203,12 @@ class Channel:
         if t is tuple or (not self.trusted and isinstance(value, tuple) and not hasattr(value, "_fields")):
             return {"$u": [self.encode(v, blobs, force, depth + 1) for v in value]}
         if t is dict or t is collections.OrderedDict or (not self.trusted and isinstance(value, dict)):
-            return {"$d": [[self.encode(k, blobs, force, depth + 1), self.encode(v, blobs, force, depth + 1)]
-                           for k, v in value.items()]}
+            return {
+                "$d": [
+                    [self.encode(k, blobs, force, depth + 1), self.encode(v, blobs, force, depth + 1)]
+                    for k, v in value.items()
+                ]
+            }
         self.objects[id(value)] = value
         return {"$h": id(value), "type": type_name(value)}
 
@@ -235,8 +275,13 @@ class Channel:
     @staticmethod
     def _tensor(node: dict, blobs: list[Blob]) -> torch.Tensor:
         index, dtype, shape = node.get("$t"), node.get("dtype"), node.get("shape")
-        if type(index) is not int or not 0 <= index < len(blobs) or dtype not in _DTYPES \
-                or type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
+        if (
+            type(index) is not int
+            or not 0 <= index < len(blobs)
+            or dtype not in _DTYPES
+            or type(shape) is not list
+            or not all(type(d) is int and d >= 0 for d in shape)
+        ):
             raise ProtocolError("malformed tensor")
         dt = _DTYPES[dtype]
         numel = math.prod(shape)
@@ -260,9 +305,13 @@ class Channel:
         While waiting, answer the other end's own requests (calls back into objects we passed).
         """
         blobs: list[Blob] = []
-        body = {"op": op, "target": self.encode(target, blobs),
-                "args": [self.encode(a, blobs) for a in args], "forbid": list(self.forbidden),
-                "grad": torch.is_grad_enabled()}
+        body = {
+            "op": op,
+            "target": self.encode(target, blobs),
+            "args": [self.encode(a, blobs) for a in args],
+            "forbid": list(self.forbidden),
+            "grad": torch.is_grad_enabled(),
+        }
         self._send({"kind": "req", "body": body}, blobs)
         return self.wait()
 

@@ -72,6 +72,7 @@ def start(path: str, user_ns: dict[str, Any]) -> None:
     """Connect to the grader at the Unix socket ``path`` and serve its requests in a daemon thread."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
-    thread = threading.Thread(target=_serve, args=(_KernelChannel(sock, user_ns),), name="cnncourse-grader",
-                              daemon=True)
+    thread = threading.Thread(
+        target=_serve, args=(_KernelChannel(sock, user_ns),), name="cnncourse-grader", daemon=True
+    )
     thread.start()

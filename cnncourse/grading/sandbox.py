@@ -35,8 +35,10 @@ from typing import Any, Iterable, Iterator
 
 # What a grader without bubblewrap leaves open, printed by the CLI and stated in the README.
 UNPROTECTED = (
-    ("the kernel can write anywhere the grader's user can (including the installed grader code, "
-     "so one submission can change the grades of the next ones)"),
+    (
+        "the kernel can write anywhere the grader's user can (including the installed grader code, "
+        "so one submission can change the grades of the next ones)"
+    ),
     "the kernel can read the source lab (solutions and hidden tests), other submissions and the output folder",
     "the kernel has network access",
     "a process forked by the kernel can outlive it",
@@ -50,9 +52,26 @@ def available() -> bool:
     if bwrap is None:
         return False
     try:
-        return subprocess.run([bwrap, "--ro-bind", "/", "/", "--proc", "/proc", "--unshare-net", "--unshare-pid",
-                               "--die-with-parent", "true"], check=False, capture_output=True,
-                              timeout=30).returncode == 0
+        return (
+            subprocess.run(
+                [
+                    bwrap,
+                    "--ro-bind",
+                    "/",
+                    "/",
+                    "--proc",
+                    "/proc",
+                    "--unshare-net",
+                    "--unshare-pid",
+                    "--die-with-parent",
+                    "true",
+                ],
+                check=False,
+                capture_output=True,
+                timeout=30,
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -76,7 +95,7 @@ def _source_root(path: Path) -> Path | None:
 def _checkouts(root: Path) -> list[Path]:
     """``root`` and every other working tree of its git repository (``git worktree``): all hold the labs."""
     git, found = root / ".git", [root]
-    if git.is_file():                                      # a linked worktree: "gitdir: <main>/.git/worktrees/<name>"
+    if git.is_file():  # a linked worktree: "gitdir: <main>/.git/worktrees/<name>"
         text = git.read_text(errors="replace").strip()
         if text.startswith("gitdir:"):
             git = _real(root / text.split(":", 1)[1].strip()).parents[1]
@@ -91,8 +110,26 @@ def _checkouts(root: Path) -> list[Path]:
 
 # Top-level folders of the operating system, visible (read-only) in the sandbox. Every other top-level
 # entry is hidden: an allow-list, because a list of places a course copy might be can never be complete.
-SYSTEM_ROOTS = frozenset({"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "nix", "proc", "run",
-                          "sbin", "sys", "tmp", "usr", "var"})
+SYSTEM_ROOTS = frozenset(
+    {
+        "bin",
+        "boot",
+        "dev",
+        "etc",
+        "lib",
+        "lib32",
+        "lib64",
+        "libx32",
+        "nix",
+        "proc",
+        "run",
+        "sbin",
+        "sys",
+        "tmp",
+        "usr",
+        "var",
+    }
+)
 
 
 def needed_paths() -> list[Path]:
@@ -101,8 +138,12 @@ def needed_paths() -> list[Path]:
     import cnncourse
     from cnncourse.data import CACHE_ROOT, ENV_VAR
 
-    paths = [_real(Path(cnncourse.__file__).parent), _real(sys.prefix), _real(sys.base_prefix),
-             _real(sys.executable).parent]
+    paths = [
+        _real(Path(cnncourse.__file__).parent),
+        _real(sys.prefix),
+        _real(sys.base_prefix),
+        _real(sys.executable).parent,
+    ]
     optional = [CACHE_ROOT, Path(os.environ.get("TORCH_HOME", "~/.cache/torch")).expanduser() / "hub"]
     if os.environ.get(ENV_VAR):
         optional.append(Path(os.environ[ENV_VAR]))
@@ -120,16 +161,17 @@ def outside_system(root: Path = Path("/")) -> list[Path]:
 def _mask(path: Path, keep: list[Path]) -> Iterator[tuple[str, ...]]:
     """bwrap mounts hiding ``path``, except the folders in ``keep`` and the ancestors leading to them."""
     if any(_inside(path, k) for k in keep) or path.is_symlink() or not path.exists():
-        return                                                   # needed, or hidden through its target
+        return  # needed, or hidden through its target
     if not any(_inside(k, path) for k in keep):
         yield ("--tmpfs", str(path)) if path.is_dir() else ("--ro-bind", "/dev/null", str(path))
         return
-    for child in sorted(path.iterdir()):                         # an ancestor of something needed
+    for child in sorted(path.iterdir()):  # an ancestor of something needed
         yield from _mask(child, keep)
 
 
-def hidden_paths(lab: str | os.PathLike, submission: str | os.PathLike, extra: Iterable[str | os.PathLike] = ()
-                 ) -> list[Path]:
+def hidden_paths(
+    lab: str | os.PathLike, submission: str | os.PathLike, extra: Iterable[str | os.PathLike] = ()
+) -> list[Path]:
     """What a kernel must not see: every top-level folder outside the operating system's (:func:`outside_system`),
     and, wherever they are, the source lab's folder and checkout, the submission's folder, ``extra`` (other
     submissions, the output folder), and the checkouts ``cnncourse`` and the Python environment come from,
@@ -149,8 +191,11 @@ def hidden_paths(lab: str | os.PathLike, submission: str | os.PathLike, extra: I
 def _sibling_courses(root: Path) -> list[Path]:
     """Other copies of the course beside ``root`` (a second clone holds the same source labs)."""
     try:
-        return [p for p in root.parent.iterdir()
-                if p != root and p.is_dir() and (p / "cnncourse" / "grading").is_dir() and (p / "labs").is_dir()]
+        return [
+            p
+            for p in root.parent.iterdir()
+            if p != root and p.is_dir() and (p / "cnncourse" / "grading").is_dir() and (p / "labs").is_dir()
+        ]
     except OSError:
         return []
 
@@ -169,8 +214,12 @@ def _matplotlib_home(workdir: Path) -> str:
     return str(home)
 
 
-def bwrap_prefix(workdir: str | os.PathLike, sockets: str | os.PathLike, hide: Iterable[str | os.PathLike] = (),
-                 keep: Iterable[str | os.PathLike] = ()) -> list[str]:
+def bwrap_prefix(
+    workdir: str | os.PathLike,
+    sockets: str | os.PathLike,
+    hide: Iterable[str | os.PathLike] = (),
+    keep: Iterable[str | os.PathLike] = (),
+) -> list[str]:
     """The ``bwrap ...`` arguments to put before a kernel's command line.
 
     Args:
@@ -184,8 +233,10 @@ def bwrap_prefix(workdir: str | os.PathLike, sockets: str | os.PathLike, hide: I
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        raise FileNotFoundError("expected the bubblewrap sandbox (`bwrap`) on PATH; install it with "
-                                "`apt-get install bubblewrap`, or grade with --no-sandbox")
+        raise FileNotFoundError(
+            "expected the bubblewrap sandbox (`bwrap`) on PATH; install it with "
+            "`apt-get install bubblewrap`, or grade with --no-sandbox"
+        )
     workdir, sockets = _real(workdir), _real(sockets)
     keep_paths = [*needed_paths(), *(_real(k) for k in keep)]
     private = sorted({_real(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp"), Path("/run")}, key=str)
@@ -196,20 +247,42 @@ def bwrap_prefix(workdir: str | os.PathLike, sockets: str | os.PathLike, hide: I
     masks: list[tuple[str, ...]] = []
     for path in hide:
         path = _real(path)
-        if not any(_inside(path, p) for p in private):          # those are empty already
+        if not any(_inside(path, p) for p in private):  # those are empty already
             masks += _mask(path, keep_paths)
     for mask in dict.fromkeys(masks):
         args += mask
-    args += ["--bind", str(workdir), str(workdir), "--bind", str(sockets), str(sockets),
-             "--chdir", str(workdir),
-             "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-             "--cap-drop", "ALL", "--die-with-parent", "--new-session",
-             # ipykernel exits when its parent looks like init (PID 1 is bwrap's reaper here);
-             # --die-with-parent does that job instead.
-             "--unsetenv", "JPY_PARENT_PID",
-             "--setenv", "IPYTHONDIR", str(workdir / ".ipython"),
-             "--setenv", "MPLCONFIGDIR", _matplotlib_home(workdir),
-             "--setenv", "TMPDIR", str(workdir)]
+    args += [
+        "--bind",
+        str(workdir),
+        str(workdir),
+        "--bind",
+        str(sockets),
+        str(sockets),
+        "--chdir",
+        str(workdir),
+        "--unshare-net",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--cap-drop",
+        "ALL",
+        "--die-with-parent",
+        "--new-session",
+        # ipykernel exits when its parent looks like init (PID 1 is bwrap's reaper here);
+        # --die-with-parent does that job instead.
+        "--unsetenv",
+        "JPY_PARENT_PID",
+        "--setenv",
+        "IPYTHONDIR",
+        str(workdir / ".ipython"),
+        "--setenv",
+        "MPLCONFIGDIR",
+        _matplotlib_home(workdir),
+        "--setenv",
+        "TMPDIR",
+        str(workdir),
+    ]
     return args
 
 
@@ -225,7 +298,14 @@ def kernel_manager(prefix: list[str], **kwargs: Any) -> Any:
 
     class SandboxedKernelManager(AsyncKernelManager):
         def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
-            return [*prefix, sys.executable, "-m", "ipykernel_launcher", "-f", os.path.realpath(self.connection_file),
-                    *(extra_arguments or [])]
+            return [
+                *prefix,
+                sys.executable,
+                "-m",
+                "ipykernel_launcher",
+                "-f",
+                os.path.realpath(self.connection_file),
+                *(extra_arguments or []),
+            ]
 
     return SandboxedKernelManager(**kwargs)

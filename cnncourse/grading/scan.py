@@ -39,52 +39,139 @@ CODES = {
     "nbgrader-metadata": "nbgrader metadata that does not match the lab",
 }
 
-_MODULES = {"builtins": "builtins", "gc": "gc", "ctypes": "ctypes", "atexit": "atexit", "signal": "signal-handler",
-            "subprocess": "process", "multiprocessing": "process", "pty": "process", "_thread": "process",
-            "importlib": "__import__", "sys.monitoring": "tracing"}
+_MODULES = {
+    "builtins": "builtins",
+    "gc": "gc",
+    "ctypes": "ctypes",
+    "atexit": "atexit",
+    "signal": "signal-handler",
+    "subprocess": "process",
+    "multiprocessing": "process",
+    "pty": "process",
+    "_thread": "process",
+    "importlib": "__import__",
+    "sys.monitoring": "tracing",
+}
 _ATTRS = {  # (module, attribute) -> code, for module attributes used after `import module`
-    ("sys", "modules"): "sys.modules", ("sys", "settrace"): "tracing", ("sys", "setprofile"): "tracing",
-    ("sys", "addaudithook"): "tracing", ("sys", "monitoring"): "tracing", ("threading", "settrace"): "tracing",
-    ("threading", "setprofile"): "tracing", ("sys", "_getframe"): "frames",
-    ("inspect", "currentframe"): "frames", ("inspect", "stack"): "frames", ("inspect", "trace"): "frames",
-    ("inspect", "getouterframes"): "frames", ("inspect", "getinnerframes"): "frames",
-    ("os", "fork"): "process", ("os", "forkpty"): "process", ("os", "kill"): "process", ("os", "killpg"): "process",
-    ("os", "setsid"): "process", ("os", "system"): "process", ("os", "popen"): "process", ("os", "execv"): "process",
-    ("os", "execvp"): "process", ("os", "spawnv"): "process", ("os", "posix_spawn"): "process",
-    ("os", "_exit"): "process", ("os", "register_at_fork"): "atexit",
+    ("sys", "modules"): "sys.modules",
+    ("sys", "settrace"): "tracing",
+    ("sys", "setprofile"): "tracing",
+    ("sys", "addaudithook"): "tracing",
+    ("sys", "monitoring"): "tracing",
+    ("threading", "settrace"): "tracing",
+    ("threading", "setprofile"): "tracing",
+    ("sys", "_getframe"): "frames",
+    ("inspect", "currentframe"): "frames",
+    ("inspect", "stack"): "frames",
+    ("inspect", "trace"): "frames",
+    ("inspect", "getouterframes"): "frames",
+    ("inspect", "getinnerframes"): "frames",
+    ("os", "fork"): "process",
+    ("os", "forkpty"): "process",
+    ("os", "kill"): "process",
+    ("os", "killpg"): "process",
+    ("os", "setsid"): "process",
+    ("os", "system"): "process",
+    ("os", "popen"): "process",
+    ("os", "execv"): "process",
+    ("os", "execvp"): "process",
+    ("os", "spawnv"): "process",
+    ("os", "posix_spawn"): "process",
+    ("os", "_exit"): "process",
+    ("os", "register_at_fork"): "atexit",
 }
 _ANY_ATTRS = {  # attribute names suspicious on any object
-    "input_transformers_cleanup": "ipython-hooks", "input_transformers_post": "ipython-hooks",
-    "input_transformer_manager": "ipython-hooks", "ast_transformers": "ipython-hooks",
-    "showtraceback": "ipython-hooks", "_showtraceback": "ipython-hooks", "showsyntaxerror": "ipython-hooks",
-    "set_custom_exc": "ipython-hooks", "custom_exceptions": "ipython-hooks", "register_magic_function": "ipython-hooks",
-    "f_back": "frames", "f_globals": "frames", "f_locals": "frames", "f_trace": "frames", "tb_frame": "frames",
-    "gi_frame": "frames", "cr_frame": "frames", "__torch_function__": "tensor-subclass",
-    "__torch_dispatch__": "tensor-subclass", "as_subclass": "tensor-subclass", "_make_subclass": "tensor-subclass",
-    "__builtins__": "builtins", "__import__": "__import__", "__globals__": "frames", "__code__": "frames",
+    "input_transformers_cleanup": "ipython-hooks",
+    "input_transformers_post": "ipython-hooks",
+    "input_transformer_manager": "ipython-hooks",
+    "ast_transformers": "ipython-hooks",
+    "showtraceback": "ipython-hooks",
+    "_showtraceback": "ipython-hooks",
+    "showsyntaxerror": "ipython-hooks",
+    "set_custom_exc": "ipython-hooks",
+    "custom_exceptions": "ipython-hooks",
+    "register_magic_function": "ipython-hooks",
+    "f_back": "frames",
+    "f_globals": "frames",
+    "f_locals": "frames",
+    "f_trace": "frames",
+    "tb_frame": "frames",
+    "gi_frame": "frames",
+    "cr_frame": "frames",
+    "__torch_function__": "tensor-subclass",
+    "__torch_dispatch__": "tensor-subclass",
+    "as_subclass": "tensor-subclass",
+    "_make_subclass": "tensor-subclass",
+    "__builtins__": "builtins",
+    "__import__": "__import__",
+    "__globals__": "frames",
+    "__code__": "frames",
     "__subclasses__": "gc",
 }
-_NAMES = {"__import__": "__import__", "__builtins__": "builtins", "get_referrers": "gc", "get_objects": "gc",
-          "InteractiveShell": "ipython-hooks", "CheckFailed": "grader-internals", "DelegationError": "grader-internals",
-          "run_test": "grader-internals", "__torch_function__": "tensor-subclass", "settrace": "tracing",
-          "setprofile": "tracing", "currentframe": "frames", "_getframe": "frames", "fork": "process",
-          "setitimer": "signal-handler"}
+_NAMES = {
+    "__import__": "__import__",
+    "__builtins__": "builtins",
+    "get_referrers": "gc",
+    "get_objects": "gc",
+    "InteractiveShell": "ipython-hooks",
+    "CheckFailed": "grader-internals",
+    "DelegationError": "grader-internals",
+    "run_test": "grader-internals",
+    "__torch_function__": "tensor-subclass",
+    "settrace": "tracing",
+    "setprofile": "tracing",
+    "currentframe": "frames",
+    "_getframe": "frames",
+    "fork": "process",
+    "setitimer": "signal-handler",
+}
 _DYNAMIC = {"exec", "eval", "compile", "execfile"}
 # Builtins whose rebinding defeats checks; shadowing `max` or `input` is common and harmless.
-_GUARDED_BUILTINS = {n for n in dir(builtins) if isinstance(getattr(builtins, n), type)
-                     and issubclass(getattr(builtins, n), BaseException)} | {
-    "isinstance", "issubclass", "print", "getattr", "setattr", "hasattr", "super", "open", "__import__"}
-_LIBRARIES = {"torch", "numpy", "np", "F", "nn", "math", "cnncourse", "checks", "builtins", "sys", "IPython",
-              "nbclient", "jupyter_client", "ipykernel", "testing"}
-_WRITERS = {"write_text", "write_bytes", "copy", "copyfile", "copy2", "move", "rename", "replace", "symlink",
-            "link", "unlink", "remove", "truncate"}
+_GUARDED_BUILTINS = {
+    n
+    for n in dir(builtins)
+    if isinstance(getattr(builtins, n), type) and issubclass(getattr(builtins, n), BaseException)
+} | {"isinstance", "issubclass", "print", "getattr", "setattr", "hasattr", "super", "open", "__import__"}
+_LIBRARIES = {
+    "torch",
+    "numpy",
+    "np",
+    "F",
+    "nn",
+    "math",
+    "cnncourse",
+    "checks",
+    "builtins",
+    "sys",
+    "IPython",
+    "nbclient",
+    "jupyter_client",
+    "ipykernel",
+    "testing",
+}
+_WRITERS = {
+    "write_text",
+    "write_bytes",
+    "copy",
+    "copyfile",
+    "copy2",
+    "move",
+    "rename",
+    "replace",
+    "symlink",
+    "link",
+    "unlink",
+    "remove",
+    "truncate",
+}
 _SHELL = ("system", "getoutput", "run_cell_magic")
 
 
 def _grader(name: str) -> bool:
     """Whether a dotted name is the grader's, other than the public check helpers every lab imports."""
-    return name.startswith("cnncourse.grading") and not (name == "cnncourse.grading.checks"
-                                                         or name.startswith("cnncourse.grading.checks."))
+    return name.startswith("cnncourse.grading") and not (
+        name == "cnncourse.grading.checks" or name.startswith("cnncourse.grading.checks.")
+    )
 
 
 def _dotted(node: ast.AST) -> str:
@@ -95,7 +182,7 @@ def _dotted(node: ast.AST) -> str:
         node = node.value
     if isinstance(node, ast.Name):
         return ".".join([node.id, *reversed(parts)])
-    if isinstance(node, ast.Call):          # get_ipython().input_transformers_post
+    if isinstance(node, ast.Call):  # get_ipython().input_transformers_post
         inner = _dotted(node.func)
         return ".".join([inner + "()", *reversed(parts)]) if inner else ""
     return ""
@@ -103,7 +190,7 @@ def _dotted(node: ast.AST) -> str:
 
 def _findings(tree: ast.AST) -> Iterator[tuple[str, int, str]]:
     """(code, line, what) for each suspicious construct in ``tree``."""
-    aliases: dict[str, str] = {}                      # local name -> module, from imports
+    aliases: dict[str, str] = {}  # local name -> module, from imports
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
@@ -114,16 +201,30 @@ def _findings(tree: ast.AST) -> Iterator[tuple[str, int, str]]:
     for node in ast.walk(tree):
         line = getattr(node, "lineno", 0)
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            )
             for name in names:
                 if _grader(name):
                     yield "grader-internals", line, f"imports {name}"
                 for module, code in _MODULES.items():
                     if name == module or name.startswith(module + "."):
                         yield code, line, f"imports {name}"
-                if name.startswith(("sys.settrace", "sys.setprofile", "sys.modules", "inspect.currentframe",
-                                    "inspect.stack", "os.fork", "signal.signal", "os.kill", "os.system")):
+                if name.startswith(
+                    (
+                        "sys.settrace",
+                        "sys.setprofile",
+                        "sys.modules",
+                        "inspect.currentframe",
+                        "inspect.stack",
+                        "os.fork",
+                        "signal.signal",
+                        "os.kill",
+                        "os.system",
+                    )
+                ):
                     head, _, tail = name.partition(".")
                     yield _ATTRS.get((head, tail), "process"), line, f"imports {name}"
         elif isinstance(node, ast.Attribute):
@@ -180,7 +281,7 @@ def _findings(tree: ast.AST) -> Iterator[tuple[str, int, str]]:
                     if isinstance(sub, ast.Attribute):
                         dotted = _dotted(sub)
                         root = dotted.split(".")[0]
-                        if dotted.startswith("torch.backends."):    # cudnn.deterministic and friends: settings
+                        if dotted.startswith("torch.backends."):  # cudnn.deterministic and friends: settings
                             continue
                         if root in _LIBRARIES or aliases.get(root, "").split(".")[0] in _LIBRARIES:
                             yield "monkeypatch", line, _dotted(sub)
@@ -189,10 +290,16 @@ def _findings(tree: ast.AST) -> Iterator[tuple[str, int, str]]:
 
 def _file_writes(tree: ast.AST) -> Iterator[tuple[str, int, str]]:
     """A write to a file in a cell that also names a ``.py`` file or a module's ``__file__``."""
-    names_source = any((isinstance(n, ast.Constant) and isinstance(n.value, str)
-                        and n.value.rstrip().endswith((".py", ".pyc", ".pth")))
-                       or (isinstance(n, ast.Attribute) and n.attr in ("__file__", "__path__", "__cached__"))
-                       or (isinstance(n, ast.Name) and n.id == "__file__") for n in ast.walk(tree))
+    names_source = any(
+        (
+            isinstance(n, ast.Constant)
+            and isinstance(n.value, str)
+            and n.value.rstrip().endswith((".py", ".pyc", ".pth"))
+        )
+        or (isinstance(n, ast.Attribute) and n.attr in ("__file__", "__path__", "__cached__"))
+        or (isinstance(n, ast.Name) and n.id == "__file__")
+        for n in ast.walk(tree)
+    )
     if not names_source:
         return
     for node in ast.walk(tree):
@@ -202,8 +309,9 @@ def _file_writes(tree: ast.AST) -> Iterator[tuple[str, int, str]]:
         name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
         if name == "open":
             modes = [a for a in node.args[1:2]] + [k.value for k in node.keywords if k.arg == "mode"]
-            if any(isinstance(m, ast.Constant) and isinstance(m.value, str) and set(m.value) & set("wax+")
-                   for m in modes) or any(not isinstance(m, ast.Constant) for m in modes):
+            if any(
+                isinstance(m, ast.Constant) and isinstance(m.value, str) and set(m.value) & set("wax+") for m in modes
+            ) or any(not isinstance(m, ast.Constant) for m in modes):
                 yield "writes-py-file", node.lineno, "open(..., write mode) with a .py path in the cell"
         elif name in _WRITERS:
             yield "writes-py-file", node.lineno, f"{name}(...) with a .py path in the cell"
@@ -222,7 +330,7 @@ def _parse(source: str) -> Iterator[tuple[ast.AST, int]]:
         return
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         pass
-    for offset, line in enumerate(python.splitlines()):          # a cell with a syntax error: line by line
+    for offset, line in enumerate(python.splitlines()):  # a cell with a syntax error: line by line
         try:
             yield ast.parse(line.strip()), offset
         except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -234,7 +342,7 @@ def scan_source(source: str) -> list[tuple[str, int, str]]:
     found: dict[tuple[str, int], str] = {}
     for tree, offset in _parse(source):
         for code, line, what in _findings(tree):
-            found.setdefault((code, line + offset), what)           # one flag per construct and line
+            found.setdefault((code, line + offset), what)  # one flag per construct and line
     return sorted((code, line, what) for (code, line), what in found.items())
 
 

@@ -31,7 +31,7 @@ from typing import Any, TextIO
 import nbformat
 
 CELL_TIMEOUT = 900.0  # CPU seconds per cell: QUICK mode's slowest cell needs about 100 on a 2-core laptop
-TIMEOUT = 3600.0      # CPU seconds for the whole notebook
+TIMEOUT = 3600.0  # CPU seconds for the whole notebook
 
 
 class SelfCheckError(ValueError):
@@ -77,8 +77,10 @@ def read_notebook(path: str | os.PathLike) -> nbformat.NotebookNode:
     if path.is_dir():
         raise SelfCheckError(f"expected a notebook file (.ipynb), got the folder {path}")
     if not path.is_file():
-        raise SelfCheckError(f"no notebook at {path.resolve()}: expected a saved lab such as "
-                             f"release/lab01_convolution.ipynb (save it first, or give its path)")
+        raise SelfCheckError(
+            f"no notebook at {path.resolve()}: expected a saved lab such as "
+            f"release/lab01_convolution.ipynb (save it first, or give its path)"
+        )
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -88,8 +90,10 @@ def read_notebook(path: str | os.PathLike) -> nbformat.NotebookNode:
         if not isinstance(nb.get("cells"), list) or not all(isinstance(c, dict) for c in nb.cells):
             raise ValueError("it has no list of cells")
     except Exception as exc:  # noqa: BLE001  (nbformat raises many types for bad input)
-        raise SelfCheckError(f"{path}: not a readable notebook ({type(exc).__name__}: {str(exc)[:200]}); save it "
-                             f"again from Jupyter, or start from a fresh copy of the released lab") from None
+        raise SelfCheckError(
+            f"{path}: not a readable notebook ({type(exc).__name__}: {str(exc)[:200]}); save it "
+            f"again from Jupyter, or start from a fresh copy of the released lab"
+        ) from None
     return nb
 
 
@@ -109,8 +113,11 @@ def questions(nb: nbformat.NotebookNode) -> tuple[list[Question], list[str]]:
     for q in recorded.get("questions", []) if isinstance(recorded.get("questions"), list) else []:
         if isinstance(q, dict) and isinstance(q.get("grade_id"), str) and isinstance(q.get("points"), (int, float)):
             found.append(Question(q["grade_id"], float(q["points"]), str(q.get("sha256", ""))))
-    ids = [i for i in recorded.get("grade_ids", []) if isinstance(i, str)] if isinstance(
-        recorded.get("grade_ids"), list) else []
+    ids = (
+        [i for i in recorded.get("grade_ids", []) if isinstance(i, str)]
+        if isinstance(recorded.get("grade_ids"), list)
+        else []
+    )
     if not found:  # a lab released before the metadata existed: trust the cells
         for cell in nb.cells:
             meta = _nbgrader(cell)
@@ -118,8 +125,10 @@ def questions(nb: nbformat.NotebookNode) -> tuple[list[Question], list[str]]:
                 found.append(Question(str(meta["grade_id"]), float(meta.get("points", 0) or 0)))
         ids = [str(_nbgrader(c)["grade_id"]) for c in nb.cells if _nbgrader(c).get("grade_id")]
     if not found:
-        raise SelfCheckError("expected a released lab with graded test cells (nbgrader metadata), found none: "
-                             "check the notebook the course released, not a copy saved without its metadata")
+        raise SelfCheckError(
+            "expected a released lab with graded test cells (nbgrader metadata), found none: "
+            "check the notebook the course released, not a copy saved without its metadata"
+        )
     return found, ids or [q.grade_id for q in found]
 
 
@@ -147,8 +156,11 @@ def check(path: str | os.PathLike, cell_timeout: float = CELL_TIMEOUT, timeout: 
     path = Path(path)
     nb = read_notebook(path)
     qs, ids = questions(nb)
-    cells = {str(_nbgrader(c)["grade_id"]): c for c in nb.cells if _nbgrader(c).get("grade_id")
-             and c.get("cell_type") == "code"}
+    cells = {
+        str(_nbgrader(c)["grade_id"]): c
+        for c in nb.cells
+        if _nbgrader(c).get("grade_id") and c.get("cell_type") == "code"
+    }
     tests, hidden, missing, changed = [], [], [], []
     for q in qs:
         cell = cells.get(q.grade_id)
@@ -160,21 +172,43 @@ def check(path: str | os.PathLike, cell_timeout: float = CELL_TIMEOUT, timeout: 
         if _is_hidden_only(cell.source):
             hidden.append(q.grade_id)
         tests.append(TestCell(q.grade_id, q.points, cell.source, ""))
-    spec = LabSpec(path, hashlib.sha256(path.read_bytes()).hexdigest(), tuple(tests),
-                   tuple(i for i in ids if i not in missing), lab_imports(nb))
+    spec = LabSpec(
+        path,
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+        tuple(tests),
+        tuple(i for i in ids if i not in missing),
+        lab_imports(nb),
+    )
     limits = Limits(timeout=timeout, cell_timeout=cell_timeout, memory_mb=None, sandbox=False, source="self-check")
-    record: dict[str, Any] = grade_submission(spec, path, "self-check", limits) if tests else {
-        "status": "missing-cells", "reason": "", "questions": [], "cell_errors": [], "total": 0.0}
+    record: dict[str, Any] = (
+        grade_submission(spec, path, "self-check", limits)
+        if tests
+        else {"status": "missing-cells", "reason": "", "questions": [], "cell_errors": [], "total": 0.0}
+    )
     by_id = {q["grade_id"]: q for q in record["questions"]}
     rows: list[dict[str, Any]] = []
     for q in qs:
         if q.grade_id in missing:
-            rows.append({"grade_id": q.grade_id, "points": 0.0, "max_points": q.points, "passed": False,
-                         "result": "missing", "feedback": "its test cell was deleted; the grader runs the test after "
-                                                          "your last cell"})
+            rows.append(
+                {
+                    "grade_id": q.grade_id,
+                    "points": 0.0,
+                    "max_points": q.points,
+                    "passed": False,
+                    "result": "missing",
+                    "feedback": "its test cell was deleted; the grader runs the test after your last cell",
+                }
+            )
         elif q.grade_id in hidden:
-            rows.append({**by_id[q.grade_id], "points": None, "passed": False, "result": "hidden",
-                         "feedback": "graded only by hidden tests"})
+            rows.append(
+                {
+                    **by_id[q.grade_id],
+                    "points": None,
+                    "passed": False,
+                    "result": "hidden",
+                    "feedback": "graded only by hidden tests",
+                }
+            )
         else:
             row = dict(by_id[q.grade_id])
             if row["feedback"].strip() == "NotImplementedError:":  # the release's stub, still in place
@@ -182,8 +216,9 @@ def check(path: str | os.PathLike, cell_timeout: float = CELL_TIMEOUT, timeout: 
             if q.grade_id in changed:
                 row["feedback"] = f"(test cell changed) {row['feedback']}"
             rows.append(row)
-    record.update(questions=rows, max_total=sum(q.points for q in qs),
-                  total=sum(r["points"] or 0 for r in rows), lab=path.stem)
+    record.update(
+        questions=rows, max_total=sum(q.points for q in qs), total=sum(r["points"] or 0 for r in rows), lab=path.stem
+    )
     return SelfCheck(record, hidden, missing, changed)
 
 
@@ -195,29 +230,39 @@ def report_text(result: SelfCheck) -> str:
     public_max = sum(q["max_points"] for q in r["questions"] if q.get("result") != "hidden")
     hidden_max = r["max_total"] - public_max
     out = [f"{r['lab']}: self-check with the public tests", "", questions_table(r), ""]
-    out.append(f"public tests: {_fmt(r['total'])} / {_fmt(public_max)} points"
-               + (f"; {_fmt(hidden_max)} more points are graded only by hidden tests" if hidden_max else "")
-               + f" (lab total {_fmt(r['max_total'])})")
+    out.append(
+        f"public tests: {_fmt(r['total'])} / {_fmt(public_max)} points"
+        + (f"; {_fmt(hidden_max)} more points are graded only by hidden tests" if hidden_max else "")
+        + f" (lab total {_fmt(r['max_total'])})"
+    )
     if r.get("reason") and r["status"] not in ("ok", "missing-cells"):
         out.append(f"the run stopped: {r['reason']}")
     if result.changed:
-        out += ["", f"THE CONTENTS OF {len(result.changed)} TEST CELL(S) HAVE CHANGED: {', '.join(result.changed)}.",
-                "The grader runs the original tests, so these results may not be the ones you get."]
+        out += [
+            "",
+            f"THE CONTENTS OF {len(result.changed)} TEST CELL(S) HAVE CHANGED: {', '.join(result.changed)}.",
+            "The grader runs the original tests, so these results may not be the ones you get.",
+        ]
     for q in result.failed:
         out += ["", "=" * 72, f"{q['grade_id']} failed:", "    " + q["feedback"].replace("\n", "\n    ")]
     if r.get("missing_cells"):
         out += ["", f"cells missing from the notebook (the grader needs them): {', '.join(r['missing_cells'])}"]
     errors = r.get("cell_errors", [])
     if errors:
-        out += ["", "cells that raised an error: "
-                + "; ".join(f"cell {e['cell']}: {e['error'].splitlines()[0][:120]}" for e in errors)]
+        out += [
+            "",
+            "cells that raised an error: "
+            + "; ".join(f"cell {e['cell']}: {e['error'].splitlines()[0][:120]}" for e in errors),
+        ]
     out.append("")
     if result.ok:
         out.append("Success! Your notebook passes all the public tests.")
     else:
         n = len(result.failed) + len(result.missing) or 1
-        out.append(f"SELF-CHECK FAILED ON {n} QUESTION(S)! If you submit your notebook as it is, you will not "
-                   f"receive full credit.")
+        out.append(
+            f"SELF-CHECK FAILED ON {n} QUESTION(S)! If you submit your notebook as it is, you will not "
+            f"receive full credit."
+        )
     return "\n".join(out)
 
 
@@ -228,8 +273,12 @@ def self_check(path: str | os.PathLike, stream: TextIO | None = None) -> SelfChe
         The :class:`SelfCheck`; ``result.ok`` says whether every public test passed.
     """
     stream = stream or sys.stdout
-    print(f"Running {path} from the top in a fresh kernel with the public tests "
-          f"(this takes as long as running every cell)...", file=stream, flush=True)
+    print(
+        f"Running {path} from the top in a fresh kernel with the public tests "
+        f"(this takes as long as running every cell)...",
+        file=stream,
+        flush=True,
+    )
     result = check(path)
     print(report_text(result), file=stream, flush=True)
     return result

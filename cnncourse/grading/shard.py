@@ -77,12 +77,15 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:
-        raise ValueError(f"{path}: expected a grading manifest (schema {MANIFEST_SCHEMA}, with shard and students), "
-                         "got something else; grade the shard again into an empty folder")
+        raise ValueError(
+            f"{path}: expected a grading manifest (schema {MANIFEST_SCHEMA}, with shard and students), "
+            "got something else; grade the shard again into an empty folder"
+        )
     return manifest
 
 
 def write_manifest(folder: str | os.PathLike, **fields: Any) -> None:
     """Write ``folder``'s manifest atomically: ``schema`` plus ``fields`` (lab, lab_sha256, shard, students...)."""
-    atomic_write_text(Path(folder) / MANIFEST,
-                      json.dumps({"schema": MANIFEST_SCHEMA, **fields}, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(
+        Path(folder) / MANIFEST, json.dumps({"schema": MANIFEST_SCHEMA, **fields}, indent=1, sort_keys=True) + "\n"
+    )

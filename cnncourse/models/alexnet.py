@@ -218,8 +218,9 @@ class AlexNetSmall(nn.Module):
 
 
 @register_model
-def alexnet(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5, lrn: bool = False,
-            **kwargs: Any) -> AlexNet:
+def alexnet(
+    *, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5, lrn: bool = False, **kwargs: Any
+) -> AlexNet:
     """Build the ImageNet AlexNet (61,100,840 parameters at 1000 classes, 3 channels).
 
     Args:

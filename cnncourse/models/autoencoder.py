@@ -31,8 +31,14 @@ from torch import Tensor
 from cnncourse import layers
 from cnncourse.models._registry import register_model
 
-__all__ = ["Autoencoder", "ConvAutoencoder", "autoencoder", "conv_autoencoder", "denoising_autoencoder",
-           "sparse_autoencoder"]
+__all__ = [
+    "Autoencoder",
+    "ConvAutoencoder",
+    "autoencoder",
+    "conv_autoencoder",
+    "denoising_autoencoder",
+    "sparse_autoencoder",
+]
 
 
 class _L1Penalty(torch.autograd.Function):
@@ -119,9 +125,17 @@ class Autoencoder(_AutoencoderBase):
     networks", Science 313 (2006); P. Baldi, K. Hornik, Neural Networks 2 (1989) for the linear case.
     """
 
-    def __init__(self, code_size: int = 32, hidden: tuple[int, ...] = (256,), *, linear: bool = False,
-                 code_activation: str | None = None, noise_std: float = 0.0, sparsity: float = 0.0,
-                 input_shape: tuple[int, int, int] = (1, 28, 28)) -> None:
+    def __init__(
+        self,
+        code_size: int = 32,
+        hidden: tuple[int, ...] = (256,),
+        *,
+        linear: bool = False,
+        code_activation: str | None = None,
+        noise_std: float = 0.0,
+        sparsity: float = 0.0,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+    ) -> None:
         super().__init__(code_size, noise_std, sparsity)
         if code_activation not in (None, "relu"):
             raise ValueError(f"code_activation must be None or 'relu', got {code_activation!r}")
@@ -160,20 +174,36 @@ class ConvAutoencoder(_AutoencoderBase):
         in_channels: ``C`` of the ``(N, C, 28, 28)`` images.
     """
 
-    def __init__(self, code_size: int = 16, channels: tuple[int, int] = (16, 32), *, from_scratch: bool = False,
-                 noise_std: float = 0.0, sparsity: float = 0.0, in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        code_size: int = 16,
+        channels: tuple[int, int] = (16, 32),
+        *,
+        from_scratch: bool = False,
+        noise_std: float = 0.0,
+        sparsity: float = 0.0,
+        in_channels: int = 1,
+    ) -> None:
         super().__init__(code_size, noise_std, sparsity)
         conv = layers.Conv2d if from_scratch else nn.Conv2d
         convt = layers.ConvTranspose2d if from_scratch else nn.ConvTranspose2d
         c1, c2 = channels
         self.encoder = nn.Sequential(
-            conv(in_channels, c1, 3, stride=2, padding=1), nn.ReLU(),
-            conv(c1, c2, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(c2 * 7 * 7, code_size))
+            conv(in_channels, c1, 3, stride=2, padding=1),
+            nn.ReLU(),
+            conv(c1, c2, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(c2 * 7 * 7, code_size),
+        )
         self.decoder = nn.Sequential(
-            nn.Linear(code_size, c2 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (c2, 7, 7)),
-            convt(c2, c1, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
-            convt(c1, in_channels, 3, stride=2, padding=1, output_padding=1))
+            nn.Linear(code_size, c2 * 7 * 7),
+            nn.ReLU(),
+            nn.Unflatten(1, (c2, 7, 7)),
+            convt(c2, c1, 3, stride=2, padding=1, output_padding=1),
+            nn.ReLU(),
+            convt(c1, in_channels, 3, stride=2, padding=1, output_padding=1),
+        )
         self.input_size = (in_channels, 28, 28)
 
 
@@ -194,23 +224,36 @@ def conv_autoencoder(*, in_channels: int = 1, code_size: int = 16, **kwargs: Any
 
 
 @register_model
-def denoising_autoencoder(*, in_channels: int = 1, code_size: int = 32, noise_std: float = 0.5,
-                          **kwargs: Any) -> Autoencoder:
+def denoising_autoencoder(
+    *, in_channels: int = 1, code_size: int = 32, noise_std: float = 0.5, **kwargs: Any
+) -> Autoencoder:
     """Fully connected autoencoder trained on inputs corrupted with Gaussian noise.
 
     Reference: P. Vincent, H. Larochelle, Y. Bengio, P.-A. Manzagol, "Extracting and composing robust
     features with denoising autoencoders", ICML 2008.
     """
-    return Autoencoder(code_size, input_shape=kwargs.pop("input_shape", (in_channels, 28, 28)), noise_std=noise_std,
-                       **kwargs)
+    return Autoencoder(
+        code_size, input_shape=kwargs.pop("input_shape", (in_channels, 28, 28)), noise_std=noise_std, **kwargs
+    )
 
 
 @register_model
-def sparse_autoencoder(*, in_channels: int = 1, code_size: int = 32, sparsity: float = 1e-3,
-                       code_activation: str | None = "relu", **kwargs: Any) -> Autoencoder:
+def sparse_autoencoder(
+    *,
+    in_channels: int = 1,
+    code_size: int = 32,
+    sparsity: float = 1e-3,
+    code_activation: str | None = "relu",
+    **kwargs: Any,
+) -> Autoencoder:
     """Fully connected autoencoder with an L1 penalty on a non-negative code.
 
     Reference: I. Goodfellow, Y. Bengio, A. Courville, *Deep Learning* (2016), section 14.2.1.
     """
-    return Autoencoder(code_size, input_shape=kwargs.pop("input_shape", (in_channels, 28, 28)), sparsity=sparsity,
-                       code_activation=code_activation, **kwargs)
+    return Autoencoder(
+        code_size,
+        input_shape=kwargs.pop("input_shape", (in_channels, 28, 28)),
+        sparsity=sparsity,
+        code_activation=code_activation,
+        **kwargs,
+    )

@@ -25,8 +25,15 @@ from cnncourse.models._common import check_input
 from cnncourse.models._registry import register_model
 
 __all__ = [
-    "BasicConv2d", "GoogLeNet", "GoogLeNetOutputs", "GoogLeNetSmall", "Inception", "InceptionAux",
-    "InceptionFactorized", "googlenet", "googlenet_small",
+    "BasicConv2d",
+    "GoogLeNet",
+    "GoogLeNetOutputs",
+    "GoogLeNetSmall",
+    "Inception",
+    "InceptionAux",
+    "InceptionFactorized",
+    "googlenet",
+    "googlenet_small",
 ]
 
 

@@ -319,7 +319,10 @@ class LeNet5(nn.Module):
     def _init_weights(self) -> None:
         # Appendix A: uniform in (-2.4/F, 2.4/F), F = fan-in, keeps sums in the squashing's linear range.
         layers: tuple[tuple[nn.Conv2d | nn.Linear, int], ...] = (
-            (self.c1, self.c1.weight[0].numel()), (self.c5, 16 * 25), (self.f6, 120))
+            (self.c1, self.c1.weight[0].numel()),
+            (self.c5, 16 * 25),
+            (self.f6, 120),
+        )
         for layer, fan_in in layers:
             nn.init.uniform_(layer.weight, -2.4 / fan_in, 2.4 / fan_in)
             nn.init.uniform_(cast(torch.Tensor, layer.bias), -2.4 / fan_in, 2.4 / fan_in)

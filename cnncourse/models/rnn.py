@@ -27,15 +27,27 @@ class _RecurrentLayer(nn.Module):
 
     gates = 1
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+    ) -> None:
         super().__init__()
         if input_size < 1 or hidden_size < 1 or num_layers < 1:
-            raise ValueError(f"{type(self).__name__} expected positive input_size, hidden_size and num_layers, "
-                             f"got {input_size}, {hidden_size}, {num_layers}")
+            raise ValueError(
+                f"{type(self).__name__} expected positive input_size, hidden_size and num_layers, "
+                f"got {input_size}, {hidden_size}, {num_layers}"
+            )
         if dropout or bidirectional:
-            raise ValueError(f"{type(self).__name__} supports dropout=0 and bidirectional=False only, "
-                             f"got dropout={dropout}, bidirectional={bidirectional}")
+            raise ValueError(
+                f"{type(self).__name__} supports dropout=0 and bidirectional=False only, "
+                f"got dropout={dropout}, bidirectional={bidirectional}"
+            )
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first = bias, batch_first
         rows = self.gates * hidden_size
@@ -73,8 +85,10 @@ class _RecurrentLayer(nn.Module):
         if hx is None:
             hx = x.new_zeros(shape)
         elif tuple(hx.shape) != shape:
-            raise ValueError(f"{type(self).__name__} expected a hidden state of shape (num_layers, N, H)={shape}, "
-                             f"got {tuple(hx.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expected a hidden state of shape (num_layers, N, H)={shape}, "
+                f"got {tuple(hx.shape)}"
+            )
         return x, hx
 
     def _finish(self, out: Tensor) -> Tensor:
@@ -183,8 +197,17 @@ class SequenceClassifier(nn.Module):
     Reference: Q. V. Le, N. Jaitly, G. E. Hinton, arXiv:1504.00941 (2015) for (permuted) sequential MNIST.
     """
 
-    def __init__(self, cell: str = "lstm", *, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
-                 hidden_size: int = 128, num_layers: int = 1, backend: str = "scratch") -> None:
+    def __init__(
+        self,
+        cell: str = "lstm",
+        *,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        backend: str = "scratch",
+    ) -> None:
         super().__init__()
         if cell not in _CELLS:
             raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {cell!r}")
@@ -201,8 +224,10 @@ class SequenceClassifier(nn.Module):
         if x.dim() == 4:
             x = x.permute(0, 2, 1, 3).flatten(2)
         if x.dim() != 3 or x.shape[2] != self.step_size:
-            raise ValueError(f"SequenceClassifier expected images (N, C, H, W) with C*W={self.step_size} or "
-                             f"sequences (N, T, {self.step_size}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"SequenceClassifier expected images (N, C, H, W) with C*W={self.step_size} or "
+                f"sequences (N, T, {self.step_size}), got {tuple(x.shape)}"
+            )
         return x
 
     def forward(self, x: Tensor) -> Tensor:
@@ -211,24 +236,30 @@ class SequenceClassifier(nn.Module):
 
 
 @register_model
-def sequence_rnn(*, num_classes: int = 10, in_channels: int = 1, hidden_size: int = 128,
-                 **kwargs: Any) -> SequenceClassifier:
+def sequence_rnn(
+    *, num_classes: int = 10, in_channels: int = 1, hidden_size: int = 128, **kwargs: Any
+) -> SequenceClassifier:
     """Elman RNN classifier for sequential MNIST (28 steps of 28 pixels); see :class:`SequenceClassifier`."""
-    return SequenceClassifier("rnn", num_classes=num_classes, in_channels=in_channels, hidden_size=hidden_size,
-                              **kwargs)
+    return SequenceClassifier(
+        "rnn", num_classes=num_classes, in_channels=in_channels, hidden_size=hidden_size, **kwargs
+    )
 
 
 @register_model
-def sequence_lstm(*, num_classes: int = 10, in_channels: int = 1, hidden_size: int = 128,
-                  **kwargs: Any) -> SequenceClassifier:
+def sequence_lstm(
+    *, num_classes: int = 10, in_channels: int = 1, hidden_size: int = 128, **kwargs: Any
+) -> SequenceClassifier:
     """LSTM classifier for sequential MNIST (28 steps of 28 pixels); see :class:`SequenceClassifier`."""
-    return SequenceClassifier("lstm", num_classes=num_classes, in_channels=in_channels, hidden_size=hidden_size,
-                              **kwargs)
+    return SequenceClassifier(
+        "lstm", num_classes=num_classes, in_channels=in_channels, hidden_size=hidden_size, **kwargs
+    )
 
 
 @register_model
-def sequence_gru(*, num_classes: int = 10, in_channels: int = 1, hidden_size: int = 128,
-                 **kwargs: Any) -> SequenceClassifier:
+def sequence_gru(
+    *, num_classes: int = 10, in_channels: int = 1, hidden_size: int = 128, **kwargs: Any
+) -> SequenceClassifier:
     """GRU classifier for sequential MNIST (28 steps of 28 pixels); see :class:`SequenceClassifier`."""
-    return SequenceClassifier("gru", num_classes=num_classes, in_channels=in_channels, hidden_size=hidden_size,
-                              **kwargs)
+    return SequenceClassifier(
+        "gru", num_classes=num_classes, in_channels=in_channels, hidden_size=hidden_size, **kwargs
+    )

@@ -291,5 +291,12 @@ def vgg_small(
             raise ValueError(f"cfg must be one of {sorted(small_cfgs)} or a list, got {cfg!r}")
         cfg = small_cfgs[cfg]
     features = make_vgg_features(cfg, in_channels=in_channels, batch_norm=batch_norm)
-    return VGG(features, num_classes=num_classes, dropout=dropout, pool_size=3, hidden=hidden,
-               input_size=(in_channels, 28, 28), **kwargs)
+    return VGG(
+        features,
+        num_classes=num_classes,
+        dropout=dropout,
+        pool_size=3,
+        hidden=hidden,
+        input_size=(in_channels, 28, 28),
+        **kwargs,
+    )
