@@ -19,6 +19,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
     matplotlib.use("Agg")
     config.addinivalue_line("markers", "loaded: grades a lab while spinners load every core (select with -m loaded)")
+    config.addinivalue_line("markers", "mutants: runs every lab's mutant suite (minutes); `make mutants` runs it, "
+                                       "`make unit` leaves it out")
 
 
 @pytest.fixture(scope="session")

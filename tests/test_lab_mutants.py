@@ -36,6 +36,8 @@ def suites():
     return out
 
 
+@pytest.mark.mutants
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("toml", FILES, ids=[f.stem for f in FILES])
 def test_every_mutant_is_killed_and_the_reference_scores_full_marks(suites, toml):
     result = suites[toml.stem]
