@@ -50,7 +50,7 @@ from cnncourse.grading.release import BEGIN_SOLUTION, find_regions
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+    import tomli as tomllib
 
 KINDS = (
     "off-by-one",
@@ -251,7 +251,8 @@ class _Session:
 
     def __init__(self, lab: Any, steps: list, secrets: tuple[str, ...]) -> None:
         self.lab, self.steps, self.secrets = lab, steps, secrets
-        self.kernel = self.channel = None
+        self.kernel: Any = None  # an autograde._Kernel once started
+        self.channel: Any = None  # its harness.GraderChannel
         self.carry: dict[str, Any] = {}
         self.cost: dict[int, float] = {}
         self.detail: dict[str, str] = {}  # the last failure of each question, for the report
