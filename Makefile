@@ -83,8 +83,9 @@ lint: install
 format-check: install
 	$(BIN)/ruff format --check cnncourse
 
+# The book and browser tests read the built site; two workers as for `unit` (one Chromium each).
 test: lint unit nbval book
-	$(BIN)/python -m pytest tests -m book -q
+	$(BIN)/python -m pytest tests -m book -q $(XDIST)
 
 # Publish the built book as a static site: `_build/html` becomes the gh-pages branch of origin
 # (ghp-import, a [book] extra; -n adds .nojekyll so _static/ is served, -f replaces the old site).
