@@ -57,12 +57,18 @@ def _windows(x: Tensor, kernel, stride, padding, dilation, fill: float = 0.0) ->
     return windows[..., ::d_h, ::d_w]
 
 
-def _im2col(x: Tensor, kernel, stride, padding, dilation, fill: float = 0.0) -> Tensor:
+def _im2col(x: Tensor, kernel, stride, padding, dilation, fill: float = 0.0, out: Tensor | None = None) -> Tensor:
     """Every kernel window as a column, ``(N, C*K_h*K_w, L)``: the layout of ``F.unfold``.
 
     Built from a ``Tensor.unfold`` view plus one copy; on CPU that is several times faster than
-    ``F.unfold`` itself.
+    ``F.unfold`` itself. With ``out`` (a contiguous tensor of at least that many elements) the copy
+    lands in ``out``'s memory, so a caller can reuse one buffer instead of allocating a new matrix.
     """
     windows = _windows(x, kernel, stride, padding, dilation, fill)
     n, c, h_out, w_out, k_h, k_w = windows.shape
-    return windows.permute(0, 1, 4, 5, 2, 3).reshape(n, c * k_h * k_w, h_out * w_out)
+    columns = windows.permute(0, 1, 4, 5, 2, 3)  # (N, C, K_h, K_w, H_out, W_out)
+    if out is None:
+        return columns.reshape(n, c * k_h * k_w, h_out * w_out)
+    cols = out.view(-1)[: columns.numel()].view(n, c * k_h * k_w, h_out * w_out)
+    cols.view(columns.shape).copy_(columns)
+    return cols

@@ -161,12 +161,33 @@ class _ConvSaved(NamedTuple):
     has_bias: bool
 
 
-class _Conv2dFunction(torch.autograd.Function):
-    """im2col convolution with a hand-written backward.
+COLUMN_BYTES = 16 * 2**20
+"""Largest column matrix, in bytes, that :func:`conv2d` builds at once: as many images as fit.
 
-    The windows are unfolded into columns, ``cols`` of shape ``(N, C_in*K_h*K_w, L)`` with
-    ``L = H_out*W_out`` (``F.unfold``'s layout), so the forward pass is one batched matrix product
-    ``W_mat @ cols`` that lands directly in ``(N, C_out, L)``.
+Below glibc's largest ``mmap`` threshold (32 MiB), so after the first call the allocator hands the
+same memory back instead of fresh pages: a column matrix for the whole batch (75 MB for 128 images
+of 64x16x16 under a 3x3 kernel) would page-fault on every 4 KiB page of every call. Not much
+smaller either: every chunk costs a few more ops, each a synchronisation point for the threads.
+"""
+
+
+def _batch_chunks(n_images: int, bytes_per_image: int, budget: int | None = None) -> list[slice]:
+    """Consecutive slices of the batch, each as many images as fit in ``budget`` bytes (at least one).
+
+    ``budget`` defaults to :data:`COLUMN_BYTES`.
+    """
+    step = max(1, (COLUMN_BYTES if budget is None else budget) // max(1, bytes_per_image))
+    return [slice(start, min(start + step, n_images)) for start in range(0, n_images, step)]
+
+
+class _Conv2dFunction(torch.autograd.Function):
+    """im2col convolution with a hand-written backward, a chunk of images at a time.
+
+    The windows of ``B`` images are unfolded into columns, ``cols`` of shape ``(B, C_in*K_h*K_w, L)``
+    with ``L = H_out*W_out`` (``F.unfold``'s layout), so each chunk's forward pass is one batched
+    matrix product ``W_mat @ cols`` that lands directly in its slice of the ``(N, C_out, L)`` output.
+    All chunks reuse one buffer of at most :data:`COLUMN_BYTES`. When the whole batch fits in it,
+    the columns are kept for dW; otherwise the backward pass unfolds each chunk again.
     """
 
     @staticmethod
@@ -181,22 +202,26 @@ class _Conv2dFunction(torch.autograd.Function):
             ``(N, C_out, H_out, W_out)``.
 
         Saves:
-            ``cols`` ``(N, C_in*K_h*K_w, L)`` (needed for dW) and ``weight`` (needed for dX), plus a
+            ``input``, ``weight`` and, when one chunk held the whole batch, ``cols``; plus a
             ``_ConvSaved`` with the shapes and hyper-parameters.
         """
-        cols = _im2col(input, weight.shape[2:], stride, padding, dilation)  # (N, C_in*K_h*K_w, L)
-        w_mat = weight.reshape(weight.shape[0], -1)  # (C_out, C_in*K_h*K_w)
-        # bmm with the weight broadcast over the batch; torch.matmul would first copy cols into rows
-        out = torch.bmm(w_mat.expand(cols.shape[0], -1, -1), cols)  # (N, C_out, L)
+        n, w_mat = input.shape[0], weight.reshape(weight.shape[0], -1)  # (C_out, C_in*K_h*K_w)
+        out = input.new_empty(n, weight.shape[0], out_size[0] * out_size[1])  # (N, C_out, L)
+        chunks = _batch_chunks(n, w_mat.shape[1] * out.shape[2] * input.element_size())
+        buffer = input.new_empty(chunks[0].stop, w_mat.shape[1], out.shape[2])
+        for chunk in chunks:
+            cols = _im2col(input[chunk], weight.shape[2:], stride, padding, dilation, out=buffer)  # (B, ., L)
+            # bmm with the weight broadcast over the chunk; torch.matmul would first copy cols into rows
+            torch.bmm(w_mat.expand(cols.shape[0], -1, -1), cols, out=out[chunk])
         if bias is not None:
             out += bias.view(1, -1, 1)
-        ctx.save_for_backward(cols, weight)
+        ctx.save_for_backward(input, weight, cols if len(chunks) == 1 else None)
         ctx.saved = _ConvSaved(tuple(input.shape), stride, padding, dilation, bias is not None)
-        return out.view(input.shape[0], weight.shape[0], *out_size)
+        return out.view(n, weight.shape[0], *out_size)
 
     @staticmethod
     def backward(ctx, grad_out):
-        """Backward pass.
+        """Backward pass, chunk by chunk like the forward pass.
 
         Inputs:
             grad_out: upstream derivative dL/dY, ``(N, C_out, H_out, W_out)``.
@@ -213,34 +238,43 @@ class _Conv2dFunction(torch.autograd.Function):
           columns of ``dY`` would be the bigger copy) ``W^T dY`` gives per-window gradients that ``fold``
           (col2im) sums back onto the pixels.
         """
-        cols, weight = ctx.saved_tensors
+        input, weight, kept_cols = ctx.saved_tensors
         saved: _ConvSaved = ctx.saved
         c_out, c_in, k_h, k_w = weight.shape
-        g = grad_out.reshape(grad_out.shape[0], c_out, -1)  # (N, C_out, L)
-        d_input = d_weight = d_bias = None
-        if ctx.needs_input_grad[0]:
-            if saved.stride == (1, 1) and c_out <= c_in:
-                (d_h, d_w), (p_h, p_w) = saved.dilation, saved.padding
-                flipped = weight.flip(2, 3).transpose(0, 1)  # (C_in, C_out, K_h, K_w)
-                full = (d_h * (k_h - 1) - p_h, d_w * (k_w - 1) - p_w)  # negative: crop instead of pad
-                g_full = F.pad(grad_out, (full[1], full[1], full[0], full[0]))
-                d_cols = _im2col(g_full, (k_h, k_w), (1, 1), (0, 0), saved.dilation)  # (N, C_out*K_h*K_w, H*W)
-                d_input = torch.bmm(flipped.reshape(c_in, -1).expand(g.shape[0], -1, -1), d_cols)
-                d_input = d_input.view(saved.input_shape)
-            else:
-                d_cols = torch.bmm(weight.reshape(c_out, -1).t().expand(g.shape[0], -1, -1), g)  # (N, C_in*K_h*K_w, L)
-                d_input = F.fold(
-                    d_cols,
-                    saved.input_shape[2:],
-                    (k_h, k_w),
-                    dilation=saved.dilation,
-                    padding=saved.padding,
-                    stride=saved.stride,
+        n, h, w = input.shape[0], input.shape[2], input.shape[3]
+        g = grad_out.reshape(n, c_out, -1)  # (N, C_out, L)
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        d_input = input.new_empty(input.shape) if need_dx else None
+        d_w_mat = weight.new_zeros(c_out, c_in * k_h * k_w) if need_dw else None
+        by_correlation = saved.stride == (1, 1) and c_out <= c_in
+        if by_correlation:
+            flipped = weight.flip(2, 3).transpose(0, 1).reshape(c_in, -1)  # (C_in, C_out*K_h*K_w)
+            (d_h, d_w), (p_h, p_w) = saved.dilation, saved.padding
+            full = (d_h * (k_h - 1) - p_h, d_w * (k_w - 1) - p_w)  # negative: crop instead of pad
+        # one buffer for a chunk of cols, of per-window gradients, or of the columns of dY
+        per_image = max(c_in * g.shape[2], c_out * h * w if by_correlation else 0) * k_h * k_w
+        chunks = _batch_chunks(n, per_image * input.element_size())
+        buffer = input.new_empty(chunks[0].stop, per_image)
+        for chunk in chunks:
+            g_chunk, b = g[chunk], g[chunk].shape[0]
+            if need_dw:
+                if kept_cols is not None:
+                    cols = kept_cols[chunk]
+                else:
+                    cols = _im2col(input[chunk], (k_h, k_w), saved.stride, saved.padding, saved.dilation, out=buffer)
+                # bmm then sum: addbmm_ would run one small product per image
+                d_w_mat += torch.bmm(g_chunk, cols.transpose(1, 2)).sum(0)
+            if need_dx and by_correlation:
+                d_cols = _im2col(grad_out[chunk], (k_h, k_w), (1, 1), full, saved.dilation, out=buffer)
+                torch.bmm(flipped.expand(b, -1, -1), d_cols, out=d_input[chunk].view(b, c_in, h * w))
+            elif need_dx:
+                d_cols = buffer[:b].view(b, c_in * k_h * k_w, -1)  # (B, C_in*K_h*K_w, L)
+                torch.bmm(weight.reshape(c_out, -1).t().expand(b, -1, -1), g_chunk, out=d_cols)
+                d_input[chunk] = F.fold(
+                    d_cols, (h, w), (k_h, k_w), dilation=saved.dilation, padding=saved.padding, stride=saved.stride
                 )
-        if ctx.needs_input_grad[1]:
-            d_weight = torch.bmm(g, cols.transpose(1, 2)).sum(0).view(weight.shape)
-        if saved.has_bias and ctx.needs_input_grad[2]:
-            d_bias = g.sum(dim=(0, 2))
+        d_weight = d_w_mat.view(weight.shape) if need_dw else None
+        d_bias = g.sum(dim=(0, 2)) if saved.has_bias and ctx.needs_input_grad[2] else None
         return d_input, d_weight, d_bias, None, None, None, None
 
 

@@ -141,15 +141,15 @@ def test_conv_output_size_known_values(size, kernel, stride, padding, dilation, 
 
 
 @FAST
-@given(
-    st.integers(1, 30), st.integers(1, 6), st.integers(1, 4), st.integers(0, 3), st.integers(1, 3)
-)
+@given(st.integers(1, 30), st.integers(1, 6), st.integers(1, 4), st.integers(0, 3), st.integers(1, 3))
 def test_conv_output_size_matches_torch(size, kernel, stride, padding, dilation):
     if dilation * (kernel - 1) + 1 > size + 2 * padding:
         with pytest.raises(ValueError, match="kernel spans"):
             cf.conv_output_size(size, kernel, stride, padding, dilation)
         return
-    out = F.conv2d(torch.zeros(1, 1, size, 1), torch.zeros(1, 1, kernel, 1), None, (stride, 1), (padding, 0), (dilation, 1))
+    out = F.conv2d(
+        torch.zeros(1, 1, size, 1), torch.zeros(1, 1, kernel, 1), None, (stride, 1), (padding, 0), (dilation, 1)
+    )
     assert cf.conv_output_size(size, kernel, stride, padding, dilation) == out.shape[2]
 
 
@@ -254,16 +254,40 @@ CONV_FNS = [cf.conv2d, cf.conv2d_naive]
 @pytest.mark.parametrize(
     "x_shape,w_shape,bias_shape,kwargs,message",
     [
-        ((3, 5, 5), (2, 3, 3, 3), None, {}, r"input of shape \(N, C_in, H, W\) \(4 dimensions\), got 3 dimensions with shape \(3, 5, 5\)"),
-        ((1, 3, 5, 5), (3, 3, 3), None, {}, r"weight of shape \(C_out, C_in, K_h, K_w\) \(4 dimensions\), got 3 dimensions"),
+        (
+            (3, 5, 5),
+            (2, 3, 3, 3),
+            None,
+            {},
+            r"input of shape \(N, C_in, H, W\) \(4 dimensions\), got 3 dimensions with shape \(3, 5, 5\)",
+        ),
+        (
+            (1, 3, 5, 5),
+            (3, 3, 3),
+            None,
+            {},
+            r"weight of shape \(C_out, C_in, K_h, K_w\) \(4 dimensions\), got 3 dimensions",
+        ),
         ((1, 2, 5, 5), (4, 3, 3, 3), None, {}, r"C_in=3 channels .* got input with 2 channels"),
         ((1, 3, 5, 5), (4, 3, 3, 3), (3,), {}, r"bias of shape \(C_out,\)=\(4,\), got \(3,\)"),
-        ((1, 3, 4, 4), (4, 3, 5, 5), None, {}, r"kernel no larger than the padded input: kernel spans \(5, 5\).*padded input is \(4, 4\)"),
+        (
+            (1, 3, 4, 4),
+            (4, 3, 5, 5),
+            None,
+            {},
+            r"kernel no larger than the padded input: kernel spans \(5, 5\).*padded input is \(4, 4\)",
+        ),
         ((1, 3, 4, 4), (4, 3, 5, 3), None, {"padding": (0, 1)}, r"kernel spans \(5, 3\).*padded input is \(4, 6\)"),
         ((1, 3, 5, 5), (4, 3, 3, 3), None, {"stride": 0}, r"stride must be positive, got \(0, 0\)"),
         ((1, 3, 5, 5), (4, 3, 3, 3), None, {"stride": (1, -2)}, r"stride must be positive, got \(1, -2\)"),
         ((1, 3, 5, 5), (4, 3, 3, 3), None, {"padding": -1}, r"padding must be non-negative, got \(-1, -1\)"),
-        ((1, 3, 5, 5), (4, 3, 3, 3), None, {"stride": (1, 2, 3)}, r"stride must be an int or a pair of ints, got \(1, 2, 3\)"),
+        (
+            (1, 3, 5, 5),
+            (4, 3, 3, 3),
+            None,
+            {"stride": (1, 2, 3)},
+            r"stride must be an int or a pair of ints, got \(1, 2, 3\)",
+        ),
         ((1, 3, 5, 5), (4, 3, 3, 3), None, {"padding": 1.5}, r"padding must be an int or a pair of ints, got 1.5"),
     ],
 )
@@ -292,12 +316,24 @@ POOL_FNS = [cf.max_pool2d, cf.max_pool2d_naive, cf.avg_pool2d, cf.avg_pool2d_nai
 @pytest.mark.parametrize(
     "shape,kwargs,message",
     [
-        ((4, 4), dict(kernel_size=2), r"input of shape \(N, C, H, W\) \(4 dimensions\), got 2 dimensions with shape \(4, 4\)"),
+        (
+            (4, 4),
+            dict(kernel_size=2),
+            r"input of shape \(N, C, H, W\) \(4 dimensions\), got 2 dimensions with shape \(4, 4\)",
+        ),
         ((1, 1, 4, 4), dict(kernel_size=0), r"kernel_size must be positive, got \(0, 0\)"),
         ((1, 1, 4, 4), dict(kernel_size=2, stride=0), r"stride must be positive, got \(0, 0\)"),
         ((1, 1, 4, 4), dict(kernel_size=2, padding=-1), r"padding must be non-negative, got \(-1, -1\)"),
-        ((1, 1, 4, 4), dict(kernel_size=2, padding=2), r"padding at most half the kernel size \(2, 2\), got padding \(2, 2\)"),
-        ((1, 1, 2, 5), dict(kernel_size=3), r"kernel no larger than the padded input: kernel spans \(3, 3\).*padded input is \(2, 5\)"),
+        (
+            (1, 1, 4, 4),
+            dict(kernel_size=2, padding=2),
+            r"padding at most half the kernel size \(2, 2\), got padding \(2, 2\)",
+        ),
+        (
+            (1, 1, 2, 5),
+            dict(kernel_size=3),
+            r"kernel no larger than the padded input: kernel spans \(3, 3\).*padded input is \(2, 5\)",
+        ),
         ((1, 1, 4, 4), dict(kernel_size=(2, 2, 2)), r"kernel_size must be an int or a pair of ints"),
     ],
 )
@@ -316,3 +352,22 @@ def test_conv2d_input_grad_both_paths(c_in, c_out, padding, dilation):
     dy = torch.randn(ours.shape, generator=g, dtype=torch.float64)
     ref = F.conv2d(x, w, None, 1, padding, dilation)
     torch.testing.assert_close(torch.autograd.grad(ours, (x, w), dy), torch.autograd.grad(ref, (x, w), dy))
+
+
+def test_batch_chunks_cover_the_batch_in_order():
+    assert cf._batch_chunks(7, 10, budget=30) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    assert cf._batch_chunks(2, 10, budget=5) == [slice(0, 1), slice(1, 2)]  # at least one image per chunk
+    assert cf._batch_chunks(4, 10, budget=100) == [slice(0, 4)]
+
+
+@pytest.mark.parametrize("c_out", [8, 24])  # dX by full correlation (C_out <= C_in), and by fold
+def test_conv2d_over_several_chunks_matches_torch(c_out):
+    # float64 columns of 16*3*3 rows by 64*64 windows are 4.7 MB per image: 5 images need two chunks
+    x = rand(5, 16, 64, 64, grad=True)
+    w, b = rand(c_out, 16, 3, 3, grad=True), rand(c_out, grad=True)
+    per_image = 16 * 9 * 64 * 64 * x.element_size()
+    assert len(cf._batch_chunks(5, per_image)) > 1
+    ours, ref = cf.conv2d(x, w, b, 1, 1), F.conv2d(x, w, b, 1, 1)
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g))
