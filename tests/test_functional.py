@@ -141,15 +141,15 @@ def test_conv_output_size_known_values(size, kernel, stride, padding, dilation, 
 
 
 @FAST
-@given(st.integers(1, 30), st.integers(1, 6), st.integers(1, 4), st.integers(0, 3), st.integers(1, 3))
+@given(
+    st.integers(1, 30), st.integers(1, 6), st.integers(1, 4), st.integers(0, 3), st.integers(1, 3)
+)
 def test_conv_output_size_matches_torch(size, kernel, stride, padding, dilation):
     if dilation * (kernel - 1) + 1 > size + 2 * padding:
         with pytest.raises(ValueError, match="kernel spans"):
             cf.conv_output_size(size, kernel, stride, padding, dilation)
         return
-    out = F.conv2d(
-        torch.zeros(1, 1, size, 1), torch.zeros(1, 1, kernel, 1), None, (stride, 1), (padding, 0), (dilation, 1)
-    )
+    out = F.conv2d(torch.zeros(1, 1, size, 1), torch.zeros(1, 1, kernel, 1), None, (stride, 1), (padding, 0), (dilation, 1))
     assert cf.conv_output_size(size, kernel, stride, padding, dilation) == out.shape[2]
 
 
@@ -254,40 +254,16 @@ CONV_FNS = [cf.conv2d, cf.conv2d_naive]
 @pytest.mark.parametrize(
     "x_shape,w_shape,bias_shape,kwargs,message",
     [
-        (
-            (3, 5, 5),
-            (2, 3, 3, 3),
-            None,
-            {},
-            r"input of shape \(N, C_in, H, W\) \(4 dimensions\), got 3 dimensions with shape \(3, 5, 5\)",
-        ),
-        (
-            (1, 3, 5, 5),
-            (3, 3, 3),
-            None,
-            {},
-            r"weight of shape \(C_out, C_in, K_h, K_w\) \(4 dimensions\), got 3 dimensions",
-        ),
+        ((3, 5, 5), (2, 3, 3, 3), None, {}, r"input of shape \(N, C_in, H, W\) \(4 dimensions\), got 3 dimensions with shape \(3, 5, 5\)"),
+        ((1, 3, 5, 5), (3, 3, 3), None, {}, r"weight of shape \(C_out, C_in, K_h, K_w\) \(4 dimensions\), got 3 dimensions"),
         ((1, 2, 5, 5), (4, 3, 3, 3), None, {}, r"C_in=3 channels .* got input with 2 channels"),
         ((1, 3, 5, 5), (4, 3, 3, 3), (3,), {}, r"bias of shape \(C_out,\)=\(4,\), got \(3,\)"),
-        (
-            (1, 3, 4, 4),
-            (4, 3, 5, 5),
-            None,
-            {},
-            r"kernel no larger than the padded input: kernel spans \(5, 5\).*padded input is \(4, 4\)",
-        ),
+        ((1, 3, 4, 4), (4, 3, 5, 5), None, {}, r"kernel no larger than the padded input: kernel spans \(5, 5\).*padded input is \(4, 4\)"),
         ((1, 3, 4, 4), (4, 3, 5, 3), None, {"padding": (0, 1)}, r"kernel spans \(5, 3\).*padded input is \(4, 6\)"),
         ((1, 3, 5, 5), (4, 3, 3, 3), None, {"stride": 0}, r"stride must be positive, got \(0, 0\)"),
         ((1, 3, 5, 5), (4, 3, 3, 3), None, {"stride": (1, -2)}, r"stride must be positive, got \(1, -2\)"),
         ((1, 3, 5, 5), (4, 3, 3, 3), None, {"padding": -1}, r"padding must be non-negative, got \(-1, -1\)"),
-        (
-            (1, 3, 5, 5),
-            (4, 3, 3, 3),
-            None,
-            {"stride": (1, 2, 3)},
-            r"stride must be an int or a pair of ints, got \(1, 2, 3\)",
-        ),
+        ((1, 3, 5, 5), (4, 3, 3, 3), None, {"stride": (1, 2, 3)}, r"stride must be an int or a pair of ints, got \(1, 2, 3\)"),
         ((1, 3, 5, 5), (4, 3, 3, 3), None, {"padding": 1.5}, r"padding must be an int or a pair of ints, got 1.5"),
     ],
 )
@@ -316,24 +292,12 @@ POOL_FNS = [cf.max_pool2d, cf.max_pool2d_naive, cf.avg_pool2d, cf.avg_pool2d_nai
 @pytest.mark.parametrize(
     "shape,kwargs,message",
     [
-        (
-            (4, 4),
-            dict(kernel_size=2),
-            r"input of shape \(N, C, H, W\) \(4 dimensions\), got 2 dimensions with shape \(4, 4\)",
-        ),
+        ((4, 4), dict(kernel_size=2), r"input of shape \(N, C, H, W\) \(4 dimensions\), got 2 dimensions with shape \(4, 4\)"),
         ((1, 1, 4, 4), dict(kernel_size=0), r"kernel_size must be positive, got \(0, 0\)"),
         ((1, 1, 4, 4), dict(kernel_size=2, stride=0), r"stride must be positive, got \(0, 0\)"),
         ((1, 1, 4, 4), dict(kernel_size=2, padding=-1), r"padding must be non-negative, got \(-1, -1\)"),
-        (
-            (1, 1, 4, 4),
-            dict(kernel_size=2, padding=2),
-            r"padding at most half the kernel size \(2, 2\), got padding \(2, 2\)",
-        ),
-        (
-            (1, 1, 2, 5),
-            dict(kernel_size=3),
-            r"kernel no larger than the padded input: kernel spans \(3, 3\).*padded input is \(2, 5\)",
-        ),
+        ((1, 1, 4, 4), dict(kernel_size=2, padding=2), r"padding at most half the kernel size \(2, 2\), got padding \(2, 2\)"),
+        ((1, 1, 2, 5), dict(kernel_size=3), r"kernel no larger than the padded input: kernel spans \(3, 3\).*padded input is \(2, 5\)"),
         ((1, 1, 4, 4), dict(kernel_size=(2, 2, 2)), r"kernel_size must be an int or a pair of ints"),
     ],
 )
