@@ -116,13 +116,14 @@ class _ConvSaved(NamedTuple):
     has_bias: bool
 
 
-COLUMN_BYTES = 16 * 2**20
+COLUMN_BYTES = 30 * 2**20
 """Largest column matrix, in bytes, that :func:`conv2d` builds at once: as many images as fit.
 
-Below glibc's largest ``mmap`` threshold (32 MiB), so after the first call the allocator hands the
-same memory back instead of fresh pages: a column matrix for the whole batch (75 MB for 128 images
-of 64x16x16 under a 3x3 kernel) would page-fault on every 4 KiB page of every call. Not much
-smaller either: every chunk costs a few more ops, each a synchronisation point for the threads.
+Just below glibc's largest ``mmap`` threshold (32 MiB), so after the first call the allocator
+hands the same memory back instead of fresh pages: a column matrix for the whole batch (75 MB for
+128 images of 64x16x16 under a 3x3 kernel) would page-fault on every 4 KiB page of every call.
+As large as that allows because every chunk costs a few more ops, and with several threads each
+op ends by waiting for all of them.
 """
 
 
