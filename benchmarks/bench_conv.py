@@ -14,8 +14,8 @@ page (about 35 ms of the ~45 ms such a copy took on one core); that was most of 
 ``F.conv2d`` (oneDNN, which never builds those matrices). What remains is mostly MKL's batched
 products running at about 40 GFLOP/s where oneDNN's direct convolution gets about 60.
 
-LeNet-5's C3 stays just above 2x: its products are tiny (16 x 150 by 150 x 100 per image) and
-``F.fold`` costs as much as a product. With two threads on a machine busier than its cores,
+LeNet-5's C3 stays above 2x (2.2 to 2.5x on a 2-core AMD EPYC, December 2026): its products are
+tiny (16 x 150 by 150 x 100 per image) and ``F.fold`` costs as much as a product. With two threads on a machine busier than its cores,
 each op ends in a barrier that may wait for a descheduled thread, so an op-count difference
 shows up in the ratio; measure that case on a quiet machine.
 
