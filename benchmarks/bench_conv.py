@@ -5,12 +5,22 @@ Shapes (batch 128): LeNet-5's C1 (1 -> 6 channels, 5x5, on 32x32) and C3 (6 -> 1
 version is timed on a small input only. Every line prints ``ratio = ours / torch``; the goal
 for the vectorised version is a ratio of at most 2.
 
-Where the time goes (``torch.profiler``): the matrix products, and writing the column matrices.
-On the 3x3, 64-channel layer each is 75 MB, above glibc's largest ``mmap`` threshold (32 MB), so
-every call gets fresh pages from the kernel and pays a page fault per 4 KiB page: about 35 ms of
-the ~45 ms an im2col copy takes on one core. ``F.conv2d`` (oneDNN) never builds those matrices.
-PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for large CPU tensors) removes most
-of that cost; run once with and once without to see it::
+Where the time goes (``torch.profiler``, one thread): the batched matrix products, then the
+im2col copies and ``F.fold``. ``cnncourse.functional.conv2d`` unfolds a chunk of images at a
+time into one reused buffer of at most ``COLUMN_BYTES`` (30 MiB). A column matrix for the whole
+batch of the 3x3, 64-channel layer would be 75 MB, above glibc's largest ``mmap`` threshold
+(32 MiB), so every call would get fresh pages from the kernel and pay a page fault per 4 KiB
+page (about 35 ms of the ~45 ms such a copy took on one core); that was most of the gap to
+``F.conv2d`` (oneDNN, which never builds those matrices). What remains is mostly MKL's batched
+products running at about 40 GFLOP/s where oneDNN's direct convolution gets about 60.
+
+LeNet-5's C3 stays above 2x (2.2 to 2.5x on a 2-core AMD EPYC, December 2026): its products are
+tiny (16 x 150 by 150 x 100 per image) and ``F.fold`` costs as much as a product. With two threads on a machine busier than its cores,
+each op ends in a barrier that may wait for a descheduled thread, so an op-count difference
+shows up in the ratio; measure that case on a quiet machine.
+
+PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for large CPU tensors) makes page
+faults rarer for any large tensor; a library must not set it in the user's process, but you may::
 
     THP_MEM_ALLOC_ENABLE=1 python benchmarks/bench_conv.py --threads 1
 

@@ -11,8 +11,9 @@ output ``(N, C_out, H_out, W_out)`` with
     H_out = floor((H + 2 * padding - dilation * (K_h - 1) - 1) / stride) + 1
 
 and the same for ``W_out``. Pooling keeps the channels: output ``(N, C, H_out, W_out)``.
-The transposed convolution (``conv_transpose2d``) lives in :mod:`cnncourse.functional_transpose`
-and is re-exported here.
+Pooling lives in :mod:`cnncourse.functional_pool` and the transposed convolution
+(``conv_transpose2d``) in :mod:`cnncourse.functional_transpose`; both are re-exported here, so
+``cnncourse.functional`` offers every op.
 """
 
 from __future__ import annotations
@@ -23,7 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cnncourse._oputils import IntOrPair, _check_non_negative, _check_positive, _check_rank4, _im2col, _pair
+from cnncourse._oputils import (
+    IntOrPair,
+    _check_non_negative,
+    _check_positive,
+    _check_rank4,
+    _im2col,
+    _output_size,
+    _pair,
+    conv_output_size,
+)
+from cnncourse.functional_pool import avg_pool2d, avg_pool2d_naive, max_pool2d, max_pool2d_naive
 from cnncourse.functional_transpose import conv_transpose2d, conv_transpose2d_naive, conv_transpose_output_size
 
 __all__ = [
@@ -38,42 +49,6 @@ __all__ = [
     "max_pool2d",
     "max_pool2d_naive",
 ]
-
-
-def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
-    """Length of a convolution or pooling output along one spatial axis.
-
-    ``out = floor((size + 2 * padding - dilation * (kernel - 1) - 1) / stride) + 1``
-
-    Args:
-        size: input length ``H`` (or ``W``).
-        kernel: kernel length ``K_h`` (or ``K_w``).
-        stride: step between neighbouring windows, at least 1.
-        padding: zeros added on each side, at least 0.
-        dilation: spacing between kernel taps, at least 1.
-
-    Returns:
-        ``H_out`` (or ``W_out``), at least 1.
-
-    Raises:
-        ValueError: on a non-positive size, kernel, stride or dilation, a negative padding, or a
-            kernel that spans more than the padded input.
-
-    Reference: https://pytorch.org/docs/stable/generated/torch.nn.Conv2d.html (shape section).
-    """
-    checks = (("size", size, 1), ("kernel", kernel, 1), ("stride", stride, 1), ("dilation", dilation, 1))
-    for name, value, low in checks:
-        if value < low:
-            raise ValueError(f"{name} must be positive, got {value}")
-    if padding < 0:
-        raise ValueError(f"padding must be non-negative, got {padding}")
-    span = dilation * (kernel - 1) + 1
-    if span > size + 2 * padding:
-        raise ValueError(
-            f"kernel spans {span} pixels (dilation * (kernel - 1) + 1) but the padded input is only "
-            f"{size + 2 * padding} (size + 2 * padding); expected a kernel no larger than the padded input"
-        )
-    return (size + 2 * padding - span) // stride + 1
 
 
 def _conv_args(input, weight, bias, stride, padding, dilation, op):
@@ -95,26 +70,6 @@ def _conv_args(input, weight, bias, stride, padding, dilation, op):
         raise ValueError(f"{op} expected bias of shape (C_out,)=({c_out},), got {got}")
     out = _output_size(input, (k_h, k_w), stride, padding, dilation, op)
     return stride, padding, dilation, out
-
-
-def _output_size(input, kernel, stride, padding, dilation, op) -> tuple[int, int]:
-    """``(H_out, W_out)`` from :func:`conv_output_size`, after a check whose error names ``op``.
-
-    The one place the output-size formula is applied for the ops' argument checks (``_conv_args``
-    and ``_pool_args``); a kernel wider than the padded input is an error rather than an empty output.
-    """
-    h, w = input.shape[2:]
-    span = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
-    padded = (h + 2 * padding[0], w + 2 * padding[1])
-    if span[0] > padded[0] or span[1] > padded[1]:
-        raise ValueError(
-            f"{op} expected a kernel no larger than the padded input: kernel spans {span} "
-            f"(dilation * (K - 1) + 1 per axis), padded input is {padded} (H + 2 * padding, W + 2 * padding)"
-        )
-    return (
-        conv_output_size(h, kernel[0], stride[0], padding[0], dilation[0]),
-        conv_output_size(w, kernel[1], stride[1], padding[1], dilation[1]),
-    )
 
 
 def conv2d_naive(
@@ -161,12 +116,39 @@ class _ConvSaved(NamedTuple):
     has_bias: bool
 
 
-class _Conv2dFunction(torch.autograd.Function):
-    """im2col convolution with a hand-written backward.
+COLUMN_BYTES = 30 * 2**20
+"""Largest column matrix, in bytes, that :func:`conv2d` builds at once: as many images as fit.
 
-    The windows are unfolded into columns, ``cols`` of shape ``(N, C_in*K_h*K_w, L)`` with
-    ``L = H_out*W_out`` (``F.unfold``'s layout), so the forward pass is one batched matrix product
-    ``W_mat @ cols`` that lands directly in ``(N, C_out, L)``.
+Just below glibc's largest ``mmap`` threshold (32 MiB), so after the first call the allocator
+hands the same memory back instead of fresh pages: a column matrix for the whole batch (75 MB for
+128 images of 64x16x16 under a 3x3 kernel) would page-fault on every 4 KiB page of every call.
+As large as that allows because every chunk costs a few more ops, and with several threads each
+op ends by waiting for all of them.
+"""
+
+
+def _batch_chunks(n_images: int, bytes_per_image: int, budget: int | None = None) -> list[slice]:
+    """Consecutive slices of the batch, each as many images as fit in ``budget`` bytes (at least one).
+
+    ``budget`` defaults to :data:`COLUMN_BYTES`.
+    """
+    step = max(1, (COLUMN_BYTES if budget is None else budget) // max(1, bytes_per_image))
+    return [slice(start, min(start + step, n_images)) for start in range(0, n_images, step)]
+
+
+def _pad(x: Tensor, padding: tuple[int, int]) -> Tensor:
+    """Zeros around the last two axes, ``(p_h, p_w)`` on each side (negative crops); ``x`` itself for none."""
+    return F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
+
+
+class _Conv2dFunction(torch.autograd.Function):
+    """im2col convolution with a hand-written backward, a chunk of images at a time.
+
+    The windows of ``B`` images are unfolded into columns, ``cols`` of shape ``(B, C_in*K_h*K_w, L)``
+    with ``L = H_out*W_out`` (``F.unfold``'s layout), so each chunk's forward pass is one batched
+    matrix product ``W_mat @ cols`` that lands directly in its slice of the ``(N, C_out, L)`` output.
+    All chunks reuse one buffer of at most :data:`COLUMN_BYTES`. When the whole batch fits in it,
+    the columns are kept for dW; otherwise the backward pass unfolds each chunk again.
     """
 
     @staticmethod
@@ -181,22 +163,27 @@ class _Conv2dFunction(torch.autograd.Function):
             ``(N, C_out, H_out, W_out)``.
 
         Saves:
-            ``cols`` ``(N, C_in*K_h*K_w, L)`` (needed for dW) and ``weight`` (needed for dX), plus a
+            ``input``, ``weight`` and, when one chunk held the whole batch, ``cols``; plus a
             ``_ConvSaved`` with the shapes and hyper-parameters.
         """
-        cols = _im2col(input, weight.shape[2:], stride, padding, dilation)  # (N, C_in*K_h*K_w, L)
-        w_mat = weight.reshape(weight.shape[0], -1)  # (C_out, C_in*K_h*K_w)
-        # bmm with the weight broadcast over the batch; torch.matmul would first copy cols into rows
-        out = torch.bmm(w_mat.expand(cols.shape[0], -1, -1), cols)  # (N, C_out, L)
+        n, w_mat = input.shape[0], weight.reshape(weight.shape[0], -1)  # (C_out, C_in*K_h*K_w)
+        out = input.new_empty(n, weight.shape[0], out_size[0] * out_size[1])  # (N, C_out, L)
+        chunks = _batch_chunks(n, w_mat.shape[1] * out.shape[2] * input.element_size())
+        buffer = input.new_empty(chunks[0].stop, w_mat.shape[1], out.shape[2])
+        padded = _pad(input, padding)  # once for the batch: padding each chunk would cost more ops
+        for chunk in chunks:
+            cols = _im2col(padded[chunk], weight.shape[2:], stride, (0, 0), dilation, out=buffer)  # (B, ., L)
+            # bmm with the weight broadcast over the chunk; torch.matmul would first copy cols into rows
+            torch.bmm(w_mat.expand(cols.shape[0], -1, -1), cols, out=out[chunk])
         if bias is not None:
             out += bias.view(1, -1, 1)
-        ctx.save_for_backward(cols, weight)
+        ctx.save_for_backward(input, weight, cols if len(chunks) == 1 else None)
         ctx.saved = _ConvSaved(tuple(input.shape), stride, padding, dilation, bias is not None)
-        return out.view(input.shape[0], weight.shape[0], *out_size)
+        return out.view(n, weight.shape[0], *out_size)
 
     @staticmethod
     def backward(ctx, grad_out):
-        """Backward pass.
+        """Backward pass, chunk by chunk like the forward pass.
 
         Inputs:
             grad_out: upstream derivative dL/dY, ``(N, C_out, H_out, W_out)``.
@@ -213,34 +200,45 @@ class _Conv2dFunction(torch.autograd.Function):
           columns of ``dY`` would be the bigger copy) ``W^T dY`` gives per-window gradients that ``fold``
           (col2im) sums back onto the pixels.
         """
-        cols, weight = ctx.saved_tensors
+        input, weight, kept_cols = ctx.saved_tensors
         saved: _ConvSaved = ctx.saved
         c_out, c_in, k_h, k_w = weight.shape
-        g = grad_out.reshape(grad_out.shape[0], c_out, -1)  # (N, C_out, L)
-        d_input = d_weight = d_bias = None
-        if ctx.needs_input_grad[0]:
-            if saved.stride == (1, 1) and c_out <= c_in:
-                (d_h, d_w), (p_h, p_w) = saved.dilation, saved.padding
-                flipped = weight.flip(2, 3).transpose(0, 1)  # (C_in, C_out, K_h, K_w)
-                full = (d_h * (k_h - 1) - p_h, d_w * (k_w - 1) - p_w)  # negative: crop instead of pad
-                g_full = F.pad(grad_out, (full[1], full[1], full[0], full[0]))
-                d_cols = _im2col(g_full, (k_h, k_w), (1, 1), (0, 0), saved.dilation)  # (N, C_out*K_h*K_w, H*W)
-                d_input = torch.bmm(flipped.reshape(c_in, -1).expand(g.shape[0], -1, -1), d_cols)
-                d_input = d_input.view(saved.input_shape)
-            else:
-                d_cols = torch.bmm(weight.reshape(c_out, -1).t().expand(g.shape[0], -1, -1), g)  # (N, C_in*K_h*K_w, L)
-                d_input = F.fold(
-                    d_cols,
-                    saved.input_shape[2:],
-                    (k_h, k_w),
-                    dilation=saved.dilation,
-                    padding=saved.padding,
-                    stride=saved.stride,
+        n, h, w = input.shape[0], input.shape[2], input.shape[3]
+        g = grad_out.reshape(n, c_out, -1)  # (N, C_out, L)
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        d_input = input.new_empty(input.shape) if need_dx else None
+        d_w_mat = weight.new_zeros(c_out, c_in * k_h * k_w) if need_dw else None
+        by_correlation = saved.stride == (1, 1) and c_out <= c_in
+        if by_correlation:
+            flipped = weight.flip(2, 3).transpose(0, 1).reshape(c_in, -1)  # (C_in, C_out*K_h*K_w)
+            (d_h, d_w), (p_h, p_w) = saved.dilation, saved.padding
+            full = (d_h * (k_h - 1) - p_h, d_w * (k_w - 1) - p_w)  # negative: crop instead of pad
+            g_full = _pad(grad_out, full) if need_dx else None
+        # one buffer for a chunk of cols, of per-window gradients, or of the columns of dY
+        per_image = max(c_in * g.shape[2], c_out * h * w if by_correlation else 0) * k_h * k_w
+        chunks = _batch_chunks(n, per_image * input.element_size())
+        buffer = input.new_empty(chunks[0].stop, per_image)
+        padded = _pad(input, saved.padding) if need_dw and kept_cols is None else None
+        for chunk in chunks:
+            g_chunk, b = g[chunk], g[chunk].shape[0]
+            if need_dw:
+                if kept_cols is not None:
+                    cols = kept_cols[chunk]
+                else:
+                    cols = _im2col(padded[chunk], (k_h, k_w), saved.stride, (0, 0), saved.dilation, out=buffer)
+                # bmm then sum: addbmm_ would run one small product per image
+                d_w_mat += torch.bmm(g_chunk, cols.transpose(1, 2)).sum(0)
+            if need_dx and by_correlation:
+                d_cols = _im2col(g_full[chunk], (k_h, k_w), (1, 1), (0, 0), saved.dilation, out=buffer)
+                torch.bmm(flipped.expand(b, -1, -1), d_cols, out=d_input[chunk].view(b, c_in, h * w))
+            elif need_dx:
+                d_cols = buffer[:b].view(b, c_in * k_h * k_w, -1)  # (B, C_in*K_h*K_w, L)
+                torch.bmm(weight.reshape(c_out, -1).t().expand(b, -1, -1), g_chunk, out=d_cols)
+                d_input[chunk] = F.fold(
+                    d_cols, (h, w), (k_h, k_w), dilation=saved.dilation, padding=saved.padding, stride=saved.stride
                 )
-        if ctx.needs_input_grad[1]:
-            d_weight = torch.bmm(g, cols.transpose(1, 2)).sum(0).view(weight.shape)
-        if saved.has_bias and ctx.needs_input_grad[2]:
-            d_bias = g.sum(dim=(0, 2))
+        d_weight = d_w_mat.view(weight.shape) if need_dw else None
+        d_bias = g.sum(dim=(0, 2)) if saved.has_bias and ctx.needs_input_grad[2] else None
         return d_input, d_weight, d_bias, None, None, None, None
 
 
@@ -277,206 +275,3 @@ def conv2d(
     """
     stride, padding, dilation, out = _conv_args(input, weight, bias, stride, padding, dilation, "conv2d")
     return _Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, out)
-
-
-def _pool_args(input, kernel_size, stride, padding, op):
-    """Validate pooling arguments and return normalised pairs and the output size."""
-    _check_rank4(input, op, "input", "(N, C, H, W)")
-    kernel = _pair(kernel_size, "kernel_size")
-    stride = kernel if stride is None else _pair(stride, "stride")
-    padding = _pair(padding, "padding")
-    _check_positive(kernel, "kernel_size")
-    _check_positive(stride, "stride")
-    _check_non_negative(padding, "padding")
-    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        raise ValueError(f"{op} expected padding at most half the kernel size {kernel}, got padding {padding}")
-    out = _output_size(input, kernel, stride, padding, (1, 1), op)
-    return kernel, stride, padding, out
-
-
-def _pool_naive(input, kernel_size, stride, padding, op, reduce, fill):
-    (k_h, k_w), (s_h, s_w), (p_h, p_w), (h_out, w_out) = _pool_args(input, kernel_size, stride, padding, op)
-    x = F.pad(input, (p_w, p_w, p_h, p_h), value=fill)
-    values = []
-    for n in range(input.shape[0]):
-        for c in range(input.shape[1]):
-            for i in range(h_out):
-                for j in range(w_out):
-                    values.append(reduce(x[n, c, i * s_h : i * s_h + k_h, j * s_w : j * s_w + k_w]))
-    return torch.stack(values).reshape(input.shape[0], input.shape[1], h_out, w_out)
-
-
-def max_pool2d_naive(
-    input: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
-) -> Tensor:
-    """Max pooling with explicit loops: each output is the largest value in its window.
-
-    Padding is implicit ``-inf``, so a padded position never wins.
-
-    Args:
-        input: ``(N, C, H, W)``.
-        kernel_size: int or ``(K_h, K_w)``.
-        stride: int or pair; defaults to ``kernel_size``.
-        padding: int or pair, at most half the kernel size.
-
-    Returns:
-        ``(N, C, H_out, W_out)`` with ``H_out = floor((H + 2 p_h - K_h) / s_h) + 1``.
-
-    Reference: https://pytorch.org/docs/stable/generated/torch.nn.functional.max_pool2d.html
-    """
-    return _pool_naive(input, kernel_size, stride, padding, "max_pool2d_naive", torch.max, float("-inf"))
-
-
-def avg_pool2d_naive(
-    input: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
-) -> Tensor:
-    """Average pooling with explicit loops; padded zeros count in the mean (``count_include_pad=True``).
-
-    Args:
-        input: ``(N, C, H, W)``.
-        kernel_size: int or ``(K_h, K_w)``.
-        stride: int or pair; defaults to ``kernel_size``.
-        padding: int or pair, at most half the kernel size.
-
-    Returns:
-        ``(N, C, H_out, W_out)`` with ``H_out = floor((H + 2 p_h - K_h) / s_h) + 1``.
-
-    Reference: https://pytorch.org/docs/stable/generated/torch.nn.functional.avg_pool2d.html
-    """
-    return _pool_naive(input, kernel_size, stride, padding, "avg_pool2d_naive", torch.mean, 0.0)
-
-
-def _unfold_planes(x: Tensor, kernel, stride, padding, fill: float) -> Tensor:
-    """Windows of every channel plane as columns: ``(N*C, K_h*K_w, L)``."""
-    n, c, h, w = x.shape
-    return _im2col(x.reshape(n * c, 1, h, w), kernel, stride, padding, (1, 1), fill)
-
-
-def _fold_planes(cols: Tensor, shape, kernel, stride, padding) -> Tensor:
-    """Inverse of ``_unfold_planes`` for gradients: sum columns back, then drop the padding."""
-    n, c, h, w = shape
-    padded = F.fold(cols, (h + 2 * padding[0], w + 2 * padding[1]), kernel, stride=stride)
-    return padded[:, :, padding[0] : padding[0] + h, padding[1] : padding[1] + w].reshape(n, c, h, w)
-
-
-class _PoolSaved(NamedTuple):
-    """What a pooling forward keeps for its backward pass."""
-
-    input_shape: tuple[int, ...]  # (N, C, H, W)
-    cols_shape: tuple[int, ...]  # (N*C, K_h*K_w, L)
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-
-
-class _MaxPool2dFunction(torch.autograd.Function):
-    """Max pooling whose backward routes each output gradient to its window's argmax."""
-
-    @staticmethod
-    def forward(ctx, input, kernel, stride, padding, out_size):
-        """Inputs: input ``(N, C, H, W)``; kernel, stride, padding: pairs; out_size ``(H_out, W_out)``.
-
-        Returns ``(N, C, H_out, W_out)``; saves each window's ``argmax`` ``(N*C, L)`` and a ``_PoolSaved``.
-        """
-        cols = _unfold_planes(input, kernel, stride, padding, float("-inf"))  # (N*C, K_h*K_w, L)
-        values, argmax = cols.max(dim=1)  # (N*C, L)
-        ctx.save_for_backward(argmax)
-        ctx.saved = _PoolSaved(tuple(input.shape), tuple(cols.shape), kernel, stride, padding)
-        return values.view(input.shape[0], input.shape[1], *out_size)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        """Inputs: grad_out dL/dY ``(N, C, H_out, W_out)``.
-
-        Returns ``(dX, None, None, None, None)`` with dX ``(N, C, H, W)``: each output's gradient goes
-        to the position of its window's maximum (the only input that changed the output); windows
-        that overlap add up in ``fold``.
-        """
-        (argmax,) = ctx.saved_tensors
-        saved: _PoolSaved = ctx.saved
-        n_planes, _, n_windows = saved.cols_shape
-        d_cols = grad_out.new_zeros(saved.cols_shape)
-        d_cols.scatter_(1, argmax.unsqueeze(1), grad_out.reshape(n_planes, 1, n_windows))
-        d_input = _fold_planes(d_cols, saved.input_shape, saved.kernel, saved.stride, saved.padding)
-        return d_input, None, None, None, None
-
-
-class _AvgPool2dFunction(torch.autograd.Function):
-    """Average pooling whose backward spreads each output gradient evenly over its window."""
-
-    @staticmethod
-    def forward(ctx, input, kernel, stride, padding, out_size):
-        """Inputs: input ``(N, C, H, W)``; kernel, stride, padding: pairs; out_size ``(H_out, W_out)``.
-
-        Returns ``(N, C, H_out, W_out)``; saves only a ``_PoolSaved`` (the mean needs no input values).
-        """
-        cols = _unfold_planes(input, kernel, stride, padding, 0.0)  # (N*C, K_h*K_w, L)
-        ctx.saved = _PoolSaved(tuple(input.shape), tuple(cols.shape), kernel, stride, padding)
-        return cols.mean(dim=1).view(input.shape[0], input.shape[1], *out_size)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        """Inputs: grad_out dL/dY ``(N, C, H_out, W_out)``.
-
-        Returns ``(dX, None, None, None, None)`` with dX ``(N, C, H, W)``: each output's gradient is
-        shared equally, ``1 / (K_h*K_w)``, by the pixels of its window (padding included); overlaps
-        add up in ``fold``.
-        """
-        saved: _PoolSaved = ctx.saved
-        n_planes, window, n_windows = saved.cols_shape
-        share = grad_out.reshape(n_planes, 1, n_windows) / window
-        d_cols = share.expand(saved.cols_shape).contiguous()
-        d_input = _fold_planes(d_cols, saved.input_shape, saved.kernel, saved.stride, saved.padding)
-        return d_input, None, None, None, None
-
-
-def max_pool2d(
-    input: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
-) -> Tensor:
-    """Vectorised max pooling with a hand-written backward (gradient goes to the argmax).
-
-    When a window holds several equal maxima, the gradient goes to the first one in row-major
-    order; ``torch`` may pick a different one.
-
-    Args:
-        input: ``(N, C, H, W)``.
-        kernel_size: int or ``(K_h, K_w)``.
-        stride: int or pair; defaults to ``kernel_size``.
-        padding: int or pair of implicit ``-inf`` on each side, at most half the kernel size.
-
-    Returns:
-        ``(N, C, H_out, W_out)`` with ``H_out = floor((H + 2 p_h - K_h) / s_h) + 1``.
-
-    Raises:
-        ValueError: wrong rank, non-positive kernel or stride, negative or too large padding,
-            kernel larger than the padded input.
-
-    Reference: https://pytorch.org/docs/stable/generated/torch.nn.functional.max_pool2d.html
-    """
-    kernel, stride, padding, out = _pool_args(input, kernel_size, stride, padding, "max_pool2d")
-    return _MaxPool2dFunction.apply(input, kernel, stride, padding, out)
-
-
-def avg_pool2d(
-    input: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
-) -> Tensor:
-    """Vectorised average pooling with a hand-written backward; padded zeros count in the mean.
-
-    Matches ``F.avg_pool2d`` with its defaults ``ceil_mode=False, count_include_pad=True``.
-
-    Args:
-        input: ``(N, C, H, W)``.
-        kernel_size: int or ``(K_h, K_w)``.
-        stride: int or pair; defaults to ``kernel_size``.
-        padding: int or pair of zeros on each side, at most half the kernel size.
-
-    Returns:
-        ``(N, C, H_out, W_out)`` with ``H_out = floor((H + 2 p_h - K_h) / s_h) + 1``.
-
-    Raises:
-        ValueError: as for :func:`max_pool2d`.
-
-    Reference: https://pytorch.org/docs/stable/generated/torch.nn.functional.avg_pool2d.html
-    """
-    kernel, stride, padding, out = _pool_args(input, kernel_size, stride, padding, "avg_pool2d")
-    return _AvgPool2dFunction.apply(input, kernel, stride, padding, out)

@@ -316,3 +316,22 @@ def test_conv2d_input_grad_both_paths(c_in, c_out, padding, dilation):
     dy = torch.randn(ours.shape, generator=g, dtype=torch.float64)
     ref = F.conv2d(x, w, None, 1, padding, dilation)
     torch.testing.assert_close(torch.autograd.grad(ours, (x, w), dy), torch.autograd.grad(ref, (x, w), dy))
+
+
+def test_batch_chunks_cover_the_batch_in_order():
+    assert cf._batch_chunks(7, 10, budget=30) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    assert cf._batch_chunks(2, 10, budget=5) == [slice(0, 1), slice(1, 2)]  # at least one image per chunk
+    assert cf._batch_chunks(4, 10, budget=100) == [slice(0, 4)]
+
+
+@pytest.mark.parametrize("c_out", [8, 24])  # dX by full correlation (C_out <= C_in), and by fold
+def test_conv2d_over_several_chunks_matches_torch(c_out):
+    # float64 columns of 16*3*3 rows by 64*64 windows are 4.7 MB per image: 7 images need two chunks
+    x = rand(7, 16, 64, 64, grad=True)
+    w, b = rand(c_out, 16, 3, 3, grad=True), rand(c_out, grad=True)
+    per_image = 16 * 9 * 64 * 64 * x.element_size()
+    assert len(cf._batch_chunks(7, per_image)) > 1
+    ours, ref = cf.conv2d(x, w, b, 1, 1), F.conv2d(x, w, b, 1, 1)
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g))
