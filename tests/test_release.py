@@ -145,6 +145,25 @@ def test_release_never_overwrites_a_notebook_edited_since_its_release(tmp_path):
     assert edited_notebooks(tmp_path) == [tmp_path / "old.ipynb"]
 
 
+def test_make_clean_keeps_a_release_folder_with_edited_notebooks(tmp_path):
+    """`make clean` deletes release/ only when nothing in it was edited since its release."""
+    import os
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])  # the Makefile runs .venv/bin/python
+    [out] = release([ROOT / "labs" / "lab00_tensors.ipynb"], tmp_path / "release")
+    nb = nbformat.read(out, as_version=4)
+    nb.cells[3].source += "\nmy_answer = 42"
+    nbformat.write(nb, out)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    kept = subprocess.run(["make", "clean"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert kept.returncode == 0 and out.is_file() and "kept release/" in kept.stdout, kept.stdout + kept.stderr
+    # (An unedited release/ is deleted: edited_notebooks() is then empty, see the test above; one make run suffices.)
+
+
 def test_committed_student_labs_are_up_to_date():
     """book/labs/ holds the released labs (the book's launch buttons point there); regenerate with `make book-labs`."""
     published = ROOT / "book" / "labs"
