@@ -66,9 +66,11 @@ unit: install
 	$(BIN)/python -m pytest tests -m "not book and not mutants" -q $(XDIST)
 
 # Every lab's mutant suite (tests/labs/*.toml): each plausible wrong answer must lose its question's points.
-# Minutes of CPU, so not part of `make test`; run it after changing a lab's tests, and see `lab-report`.
+# Many minutes of CPU (lab00's alone: 87 s at load average 13 on the 2-core dev machine), so not part of
+# `make test`; run it after changing a lab's tests (MUTANTS_K=lab03 runs one lab's suite), and see `lab-report`.
+MUTANTS_K ?=
 mutants: install
-	$(BIN)/python -m pytest tests/test_lab_mutants.py -m mutants -q
+	$(BIN)/python -m pytest tests/test_lab_mutants.py -m mutants -q $(if $(MUTANTS_K),-k "$(MUTANTS_K)")
 
 nbval: install
 	$(BIN)/python -m pytest --nbval-lax labs/ -q -p no:cacheprovider $(XDIST)
@@ -97,16 +99,25 @@ labs: install
 	$(BIN)/python -m cnncourse assign labs/ --out release/
 
 # A student's JupyterLab on the released labs: labs missing from $(LAB_DIR) are released into it first, and a lab
-# already there is never overwritten (it holds the student's answers). LAB_FLAGS passes options to JupyterLab
-# (tests/test_jupyterlab.py passes a port, a token and --no-browser). Containers run as root: JupyterLab refuses
-# root unless told it is meant.
-LAB_DIR ?= release
+# already there is never overwritten (it holds the student's answers). $(LAB_DIR) is the student's own folder:
+# `make labs` writes release/ and `make clean` deletes release/, never $(LAB_DIR). LAB_FLAGS passes options to
+# JupyterLab (tests/test_jupyterlab.py passes a port, a token and --no-browser). Containers run as root: JupyterLab
+# refuses root unless told it is meant.
+LAB_DIR ?= my-labs
 lab: install
 	@mkdir -p "$(LAB_DIR)" && tmp=$$(mktemp -d) && $(BIN)/python -m cnncourse assign labs/ --out "$$tmp" >/dev/null && \
 	  for f in "$$tmp"/*.ipynb; do test -e "$(LAB_DIR)/$${f##*/}" || { mv "$$f" "$(LAB_DIR)/" && \
 	  echo "released $(LAB_DIR)/$${f##*/}"; }; done; rm -rf "$$tmp"
+	@test "$(LAB_DIR)" = release || test -z "$$(ls release/*.ipynb 2>/dev/null)" || \
+	  echo "note: release/ holds labs too (make lab's folder before $(LAB_DIR)/); answers you wrote there stay there"
 	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_FLAGS) "$(LAB_DIR)"
 
+# release/ is deleted only when no notebook in it was edited since its release (a student may have worked there).
 clean:
-	rm -rf _build release .pytest_cache
+	@if [ -d release ]; then \
+	  kept=$$($(BIN)/python -c 'from cnncourse.grading.release import edited_notebooks as e; print(*e("release"))' 2>&1); \
+	  if [ -z "$$kept" ]; then rm -rf release; else \
+	    echo "kept release/: notebooks changed since their release (or the check failed): $$kept"; \
+	    echo "  move them elsewhere (make lab uses $(LAB_DIR)/), then run make clean again"; fi; fi
+	rm -rf _build .pytest_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

@@ -35,11 +35,11 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_assign(args: argparse.Namespace) -> int:
-    from cnncourse.grading.release import MarkerError, release
+    from cnncourse.grading.release import MarkerError, ReleaseConflictError, release
 
     try:
-        written = release(args.sources, args.out)
-    except (MarkerError, FileNotFoundError) as exc:
+        written = release(args.sources, args.out, force=args.force)
+    except (MarkerError, FileNotFoundError, ReleaseConflictError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for p in written:
@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("assign", help="release student versions of source labs")
     a.add_argument("sources", nargs="+", help="source notebooks or folders of them")
     a.add_argument("--out", required=True, help="folder for the student notebooks")
+    a.add_argument(
+        "--force", action="store_true", help="overwrite notebooks in --out even when edited since their release"
+    )
     a.set_defaults(func=_cmd_assign)
 
     t = sub.add_parser("train", help="train a registered model and save a checkpoint")

@@ -8,8 +8,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from cnncourse.grading.release import (MarkerError, SOLUTION_PATTERN, release, selfcheck_cell_source,
-                                       student_version)
+from cnncourse.grading.release import (MarkerError, ReleaseConflictError, SOLUTION_PATTERN, edited_notebooks, release,
+                                       selfcheck_cell_source, student_version)
 from cnncourse.grading.scan import scan_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +119,49 @@ def test_assign_cli_releases_a_folder(tmp_path):
                           str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "expected a notebook" in bad.stderr
     json.loads((tmp_path / LABS[0].name).read_text())  # valid JSON
+
+
+def test_release_never_overwrites_a_notebook_edited_since_its_release(tmp_path):
+    """A student's answers in the output folder survive `make labs` (and `make clean` keeps them, via edited_notebooks)."""
+    lab = ROOT / "labs" / "lab00_tensors.ipynb"
+    [out] = release([lab], tmp_path)
+    assert edited_notebooks(tmp_path) == []
+    assert release([lab], tmp_path) == [out]  # unchanged since its release: replaced
+    nb = nbformat.read(out, as_version=4)
+    nb.cells[3].source += "\nmy_answer = 42"
+    nb.cells[3].outputs = []
+    nbformat.write(nb, out)
+    answered = out.read_bytes()
+    assert edited_notebooks(tmp_path) == [out]
+    with pytest.raises(ReleaseConflictError, match=r"got 1 changed since their release.*lab00_tensors.ipynb"):
+        release([lab], tmp_path)
+    assert out.read_bytes() == answered
+    cli = subprocess.run([sys.executable, "-m", "cnncourse", "assign", str(lab), "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert cli.returncode == 2 and "--force" in cli.stderr and out.read_bytes() == answered
+    release([lab], tmp_path, force=True)
+    assert edited_notebooks(tmp_path) == []
+    (tmp_path / "old.ipynb").write_text("{}")  # unreadable or released before the checksum existed: kept
+    assert edited_notebooks(tmp_path) == [tmp_path / "old.ipynb"]
+
+
+def test_make_clean_keeps_a_release_folder_with_edited_notebooks(tmp_path):
+    """`make clean` deletes release/ only when nothing in it was edited since its release."""
+    import os
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])  # the Makefile runs .venv/bin/python
+    [out] = release([ROOT / "labs" / "lab00_tensors.ipynb"], tmp_path / "release")
+    nb = nbformat.read(out, as_version=4)
+    nb.cells[3].source += "\nmy_answer = 42"
+    nbformat.write(nb, out)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    kept = subprocess.run(["make", "clean"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert kept.returncode == 0 and out.is_file() and "kept release/" in kept.stdout, kept.stdout + kept.stderr
+    # (An unedited release/ is deleted: edited_notebooks() is then empty, see the test above; one make run suffices.)
 
 
 def test_committed_student_labs_are_up_to_date():

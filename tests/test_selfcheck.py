@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from cnncourse.grading.release import (
     student_version,
 )
 from cnncourse.grading.report import questions_table
-from cnncourse.grading.selfcheck import SelfCheck, SelfCheckError, check, questions, report_text
+from cnncourse.grading.selfcheck import SelfCheck, SelfCheckError, check, questions, report_text, self_check
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB00 = ROOT / "labs" / "lab00_tensors.ipynb"
@@ -87,6 +89,31 @@ def test_missing_corrupt_and_ungraded_notebooks_get_clear_errors(tmp_path):
         check(tmp_path / "plain.ipynb")
     with pytest.raises(SelfCheckError, match="expected a notebook file"):
         check(tmp_path)
+
+
+def test_in_colab_the_selfcheck_cell_says_what_to_run_instead(tmp_path):
+    """Colab's kernel runs in /content, where no copy of the notebook exists: the released cell must not raise.
+
+    A fresh Python runs the cell's exact source in an empty folder, with a stand-in ``google.colab``
+    package imported first (how the cell detects Colab).
+    """
+    (tmp_path / "stub" / "google" / "colab").mkdir(parents=True)
+    (tmp_path / "stub" / "google" / "colab" / "__init__.py").write_text("")
+    (tmp_path / "content").mkdir()
+    cell = selfcheck_cell_source("lab00_tensors.ipynb")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "stub"), str(ROOT)])}
+    run = subprocess.run([sys.executable, "-c", f"import google.colab\n{cell}\nassert result is None"],
+                         cwd=tmp_path / "content", env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "in Colab this kernel cannot read your notebook" in run.stdout and "Download .ipynb" in run.stdout
+    assert "python -m cnncourse check lab00_tensors.ipynb" in run.stdout and "Traceback" not in run.stderr
+    # Outside Colab, a missing (renamed, unsaved) notebook gets its own advice, and no traceback either.
+    out = io.StringIO()
+    assert self_check(tmp_path / "renamed.ipynb", stream=out, colab=False) is None
+    assert "no saved notebook" in out.getvalue() and "self_check('your-name.ipynb')" in out.getvalue()
+    (tmp_path / "bad.ipynb").write_text("{ not json")
+    assert self_check(tmp_path / "bad.ipynb", stream=out, colab=False) is None
+    assert "The self-check cannot run: " in out.getvalue() and "not a readable notebook" in out.getvalue()
 
 
 def test_deleted_test_cells_are_reported_missing_without_running(tmp_path):

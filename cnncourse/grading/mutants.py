@@ -22,10 +22,11 @@ their inputs from ``test_seed(grade_id, secret)``) and every other question re-r
 with the reference.
 
 Speed: one kernel per lab. It runs the reference plan once (every test under every secret).
-Then, per mutant, only the mutated solution cell is executed again, followed by the later
-student cells that a re-run test needs (names followed through the cells' ``ast``) and the
-later tests that use a name the mutation can reach; a test that uses none of them would see
-exactly the reference's objects, so its score is the reference's. Mutants of the same cell
+Then, per mutant, only the mutated solution cell is executed again, followed by its question,
+the later tests that use a name the mutated cell defines, and the later student cells that those
+tests need (names followed through the cells' ``ast``); a test that uses none of them sees the
+reference's objects, or sees the mutation only through a student cell computed from it (a
+trained model: it depends on this answer by design), so it is not re-run. Mutants of the same cell
 share one restore, which re-runs the reference cell and the cells the mutants re-ran; the
 most expensive group goes last and is never restored. A mutant that kills the kernel
 restarts it (and replays the reference) without affecting the others.
@@ -70,6 +71,7 @@ KINDS = (
 REQUIRED = ("name", "solution", "question", "kind", "why", "code")
 OPTIONAL = ("region",)
 # The no-secret seed (what a course without --secret uses) and five course secrets.
+FIRST_RUN_LIMIT = 3600.0  # wall seconds for one student cell of the reference's first run
 SECRETS = ("", "mutant-a", "mutant-b", "mutant-c", "mutant-d", "mutant-e")
 
 
@@ -279,7 +281,10 @@ class _Session:
             kind, item = self.steps[pos]
             t0 = time.monotonic()
             if kind == "student":
-                self.kernel.run(sources.get(pos, item[1]), max(60.0, 4 * self.cost.get(pos, 60.0)))
+                # A re-run may take 4 times the reference's own time; the reference's first run has no
+                # measure yet, and training cells take minutes on a busy machine (lab03: over 240 s at load 10).
+                known = self.cost.get(pos)
+                self.kernel.run(sources.get(pos, item[1]), FIRST_RUN_LIMIT if known is None else max(60.0, 4 * known))
             else:
                 for secret in self.secrets:
                     self.channel.deadline = time.monotonic() + limit
@@ -303,8 +308,12 @@ class _Session:
 
 
 def _dependants(steps: list, start: int, question: str) -> list[int]:
-    """Positions after ``start`` to re-run: tests that use a name the mutated cell can reach, the mutant's
-    question always, and the student cells that those tests need."""
+    """Positions after ``start`` to re-run: the mutant's question, the later tests that use a name the mutated
+    cell defines, and the student cells that those tests need to see the mutation.
+
+    A test that sees the mutation only through a later student cell (a model trained with the mutated
+    function, numbers computed from it) is not re-run: it depends on this answer by design, and re-running
+    it would mean re-running that cell (the training) for every mutant."""
     info = []
     for kind, item in steps:
         source = item[1] if kind == "student" else item.public + "\n" + item.hidden
@@ -318,7 +327,8 @@ def _dependants(steps: list, start: int, question: str) -> list[int]:
             affected.append(pos)
             if kind == "student":
                 reach |= defined
-    tests = [p for p in affected if steps[p][0] == "test"]
+    direct = info[start][0]
+    tests = [p for p in affected if steps[p][0] == "test" and (steps[p][1].grade_id == question or info[p][1] & direct)]
     needed = set().union(*(info[p][1] for p in tests)) if tests else set()
     keep = set(tests)
     for pos in reversed(affected):

@@ -124,7 +124,43 @@ def student_version(nb: nbformat.NotebookNode, path: str | os.PathLike = "<noteb
     add_questions_metadata(nb)
     if path != "<notebook>":
         add_selfcheck_cell(nb, Path(path).name)
+    nb.metadata.setdefault("cnncourse", {})["cells_sha256"] = cells_sha256(nb)
     return nb
+
+
+def cells_sha256(nb: nbformat.NotebookNode) -> str:
+    """Checksum of a notebook's cells (types and sources, not outputs), recorded by the release.
+
+    A released notebook whose cells no longer match its recorded checksum was edited by someone:
+    :func:`release` refuses to overwrite it and ``make clean`` to delete it.
+    """
+    digest = hashlib.sha256()
+    for cell in nb.cells:
+        digest.update(f"{cell.get('cell_type')}\0{cell.get('source', '')}\0".encode())
+    return digest.hexdigest()
+
+
+def edited_since_release(path: str | os.PathLike) -> bool:
+    """Whether the notebook at ``path`` holds work that a new release would lose.
+
+    True when its cells differ from the checksum its release recorded, and for an unreadable notebook
+    or one without a recorded checksum (an older release, or not a release): those are kept, to be safe.
+    """
+    try:
+        nb = nbformat.read(path, as_version=4)
+        recorded = nb.metadata.get("cnncourse", {}).get("cells_sha256")
+        return not (isinstance(recorded, str) and recorded == cells_sha256(nb))
+    except Exception:  # noqa: BLE001  (nbformat raises many types for bad input; unreadable means keep it)
+        return True
+
+
+def edited_notebooks(folder: str | os.PathLike) -> list[Path]:
+    """The notebooks in ``folder`` edited since their release (see :func:`edited_since_release`)."""
+    return [p for p in sorted(Path(folder).glob("*.ipynb")) if edited_since_release(p)]
+
+
+class ReleaseConflictError(FileExistsError):
+    """A release would overwrite notebooks that were edited since their own release (a student's answers)."""
 
 
 def add_install_cell(nb: nbformat.NotebookNode, requirement: str | None = None) -> nbformat.NotebookNode:
@@ -241,14 +277,21 @@ def add_questions_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def release(sources: list[str | os.PathLike], out: str | os.PathLike) -> list[Path]:
+def release(sources: list[str | os.PathLike], out: str | os.PathLike, force: bool = False) -> list[Path]:
     """Write the student version of each source notebook (or of every ``*.ipynb`` in a folder) into ``out``.
 
     Every notebook is checked before any file is written, so a bad marker in one lab leaves
-    ``out`` untouched. Each file keeps its name and is written atomically.
+    ``out`` untouched. Each file keeps its name and is written atomically. A notebook already in
+    ``out`` is replaced only when it is unchanged since its own release (or identical to the new
+    one), unless ``force``: one with edited cells may hold a student's answers.
 
     Returns:
         The paths written.
+
+    Raises:
+        MarkerError: for an unbalanced marker in a source lab.
+        FileNotFoundError: for a source that is neither a notebook nor a folder.
+        ReleaseConflictError: naming the edited notebooks in ``out``, before any file is written.
 
     Reference: ``nbgrader generate_assignment``.
     """
@@ -261,6 +304,20 @@ def release(sources: list[str | os.PathLike], out: str | os.PathLike) -> list[Pa
         else:
             raise FileNotFoundError(f"expected a notebook (.ipynb) or a folder of them, got {src}")
     released = [(p, student_version(nbformat.read(p, as_version=4), p)) for p in paths]
+    kept = [
+        Path(out) / p.name
+        for p, nb in released
+        if not force
+        and (Path(out) / p.name).is_file()
+        and edited_since_release(Path(out) / p.name)
+        and (Path(out) / p.name).read_bytes() != nbformat.writes(nb).encode() + b"\n"
+    ]
+    if kept:
+        raise ReleaseConflictError(
+            f"expected {out} to hold no edited notebooks, got {len(kept)} changed since their release "
+            f"(a student's answers?): {', '.join(str(k) for k in kept)}. Move them elsewhere (a student works "
+            f"in 'make lab's folder), or release with --force to overwrite them; nothing was written"
+        )
     written = []
     for p, nb in released:
         target = Path(out) / p.name

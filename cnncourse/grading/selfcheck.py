@@ -266,19 +266,58 @@ def report_text(result: SelfCheck) -> str:
     return "\n".join(out)
 
 
-def self_check(path: str | os.PathLike, stream: TextIO | None = None) -> SelfCheck:
+def missing_notebook_message(path: str | os.PathLike, colab: bool) -> str:
+    """What the self-check cell prints when the kernel cannot find its saved notebook, and what to run instead.
+
+    In Colab the notebook lives in Google Drive (or came from GitHub): the kernel's folder (``/content``)
+    holds no copy of it, so the student downloads it and checks that file.
+    """
+    name = Path(path).name
+    if colab:
+        return (
+            f"The self-check cannot run here: in Colab this kernel cannot read your notebook (it lives in Google "
+            f"Drive, not in the kernel's folder {Path.cwd()}).\n"
+            f"Instead: File > Download > Download .ipynb, then either\n"
+            f"  * upload the downloaded {name} to this folder (Files panel on the left, Upload) and run this cell "
+            f"again, or\n"
+            f"  * on a machine with the course installed, run: python -m cnncourse check {name}"
+        )
+    return (
+        f"The self-check cannot run: no saved notebook {path} in the kernel's folder {Path.cwd()}.\n"
+        f"Save the notebook first. If you renamed or moved it, give its name in this cell, "
+        f"self_check('your-name.ipynb'), or run from a terminal: python -m cnncourse check PATH/TO/{name}"
+    )
+
+
+def self_check(path: str | os.PathLike, stream: TextIO | None = None, colab: bool | None = None) -> SelfCheck | None:
     """Check the saved notebook ``path`` and print the report; the function a released lab's last cell calls.
 
+    Args:
+        path: the saved notebook, relative to the kernel's working folder (the notebook's own folder in Jupyter).
+        stream: where to print (default standard output).
+        colab: whether the kernel runs in Google Colab, where the notebook is no file the kernel can read;
+            by default, whether ``google.colab`` is imported.
+
     Returns:
-        The :class:`SelfCheck`; ``result.ok`` says whether every public test passed.
+        The :class:`SelfCheck` (``result.ok`` says whether every public test passed), or None when the
+        notebook cannot be found or read: then the printed message says what to run instead.
     """
     stream = stream or sys.stdout
+    if colab is None:
+        colab = "google.colab" in sys.modules
+    if not Path(path).is_file():
+        print(missing_notebook_message(path, colab), file=stream, flush=True)
+        return None
     print(
         f"Running {path} from the top in a fresh kernel with the public tests "
         f"(this takes as long as running every cell)...",
         file=stream,
         flush=True,
     )
-    result = check(path)
+    try:
+        result = check(path)
+    except SelfCheckError as exc:
+        print(f"The self-check cannot run: {exc}", file=stream, flush=True)
+        return None
     print(report_text(result), file=stream, flush=True)
     return result
