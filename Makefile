@@ -14,7 +14,7 @@ ifdef CNNCOURSE_DATA
 export CNNCOURSE_DATA := $(abspath $(CNNCOURSE_DATA))
 endif
 
-.PHONY: install book book-instructor test unit nbval labs lab clean book-labs lint format-check publish mutants
+.PHONY: install book book-instructor test unit nbval labs lab clean book-labs lint format-check publish mutants heavy
 
 install: $(STAMP)
 
@@ -63,7 +63,11 @@ PYTEST_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 unit: install
-	$(BIN)/python -m pytest tests -m "not book and not mutants" -q $(XDIST)
+	$(BIN)/python -m pytest tests -m "not book and not mutants and not heavy" -q $(XDIST)
+
+# Checks too slow for CI (the slowest lab graded while spinners load every core: tens of minutes on 2 cores).
+heavy: install
+	$(BIN)/python -m pytest tests -m heavy -q -s
 
 # Every lab's mutant suite (tests/labs/*.toml): each plausible wrong answer must lose its question's points.
 # Many minutes of CPU (lab00's alone: 87 s at load average 13 on the 2-core dev machine), so not part of

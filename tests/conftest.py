@@ -21,6 +21,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "loaded: grades a lab while spinners load every core (select with -m loaded)")
     config.addinivalue_line("markers", "mutants: runs every lab's mutant suite (minutes); `make mutants` runs it, "
                                        "`make unit` leaves it out")
+    config.addinivalue_line("markers", "heavy: many minutes of CPU (the slowest lab graded under load); "
+                                       "`make heavy` runs it, `make unit` leaves it out")
 
 
 @pytest.fixture(scope="session")

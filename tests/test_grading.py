@@ -51,6 +51,21 @@ def _rows(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _kernels_left() -> list[str]:
+    """Command lines of this process's descendants that are kernels or sandboxes."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:  # ended while we looked
+            continue
+        if "ipykernel" in cmd or "bwrap" in cmd:
+            found.append(cmd[:200])
+    return found
+
+
 def _stable(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in ("elapsed", "submission", "timing")}
 
@@ -204,6 +219,9 @@ def test_jobs_1_interrupted_and_resumed_equals_jobs_2(lab00_run, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         grade_batch(LAB00, [subs], out, jobs=1, limits=limits, progress=False, on_record=interrupt_after_two)
     assert sorted(p.stem for p in out.glob("*.json")) == sorted(seen)
+    # The second kernel was started while the first submission ran; the one started for the third is killed.
+    assert json.loads((out / f"{seen[1]}.json").read_text())["timing"]["prestarted"] is True
+    assert _kernels_left() == [], "a kernel started ahead outlived the interrupted batch"
     resumed: list[str] = []
     records = grade_batch(LAB00, [subs], out, jobs=1, limits=limits, progress=False,
                           on_record=lambda r: resumed.append(r["student"]))

@@ -95,6 +95,21 @@ def test_masking_keeps_only_the_way_to_needed_folders(tmp_path):
     assert list(sandbox._mask(tmp_path / "repo", [])) == [("--tmpfs", str(tmp_path / "repo"))]
 
 
+
+def test_mounts_inside_an_emptied_folder_are_left_out():
+    # Two students' folders inside the hidden submissions folder: their own masks change nothing, so both
+    # kernels get the same sandbox (and a kernel started ahead for one may serve the other).
+    alice = [("--tmpfs", "/srv/subs"), ("--tmpfs", "/srv/subs/alice/lab00"), ("--ro-bind", "/dev/null", "/srv/x")]
+    bob = [("--tmpfs", "/srv/subs/bob/lab00"), ("--tmpfs", "/srv/subs"), ("--ro-bind", "/dev/null", "/srv/x")]
+    assert sandbox.outermost(alice) == [("--tmpfs", "/srv/subs"), ("--ro-bind", "/dev/null", "/srv/x")]
+    assert sandbox.outermost(bob) == [("--tmpfs", "/srv/subs"), ("--ro-bind", "/dev/null", "/srv/x")]
+    # A sibling whose name merely starts like the emptied folder's is not inside it.
+    assert sandbox.outermost([("--tmpfs", "/srv/subs"), ("--tmpfs", "/srv/subs2")]) == [
+        ("--tmpfs", "/srv/subs"), ("--tmpfs", "/srv/subs2")]
+    assert sandbox._inside(Path("/srv/subs/a"), Path("/srv/subs")) and not sandbox._inside(Path("/srv/subs2"),
+                                                                                          Path("/srv/subs"))
+    assert sandbox._inside(Path("/srv"), Path("/"))
+
 @needs_bwrap
 def test_sandboxed_process_sees_a_read_only_world_without_network_or_secrets(tmp_path):
     work, sockets, subs, out = (tmp_path / n for n in ("work", "sockets", "subs", "out"))

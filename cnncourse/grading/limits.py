@@ -9,8 +9,9 @@ started inside a sandbox with its own PID namespace, or a child that called ``se
 A processor shared with other work slows the wall clock, not the CPU time a computation
 needs.
 
-* **CPU limits:** a per-cell limit and a whole-submission limit. :class:`Watchdog` polls
-  the meter while a cell runs and kills the kernel's processes when a limit is used up.
+* **CPU limits:** a per-cell limit and a whole-submission limit. :class:`~cnncourse.grading.cputime.Watchdog`
+  polls the meter (:mod:`cnncourse.grading.cputime`) while a cell runs and kills the kernel's processes
+  when a limit is used up.
 * **Wall-clock ceiling:** ``wall_factor`` times each CPU limit, a safety net for a cell
   that sleeps or blocks (it uses no CPU), reported separately.
 * **Calibration:** :func:`calibrate` runs the source lab (the reference solution) once in a
@@ -30,167 +31,44 @@ import importlib.metadata
 import json
 import os
 import platform
-import signal
 import sys
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from cnncourse.grading.cputime import (
+    POLL_S,
+    CpuLimitExceeded,
+    CpuMeter,
+    Watchdog,
+    kill_tree,
+    tree_cpu_seconds,
+    tree_pids,
+)
 from cnncourse.io import atomic_write_text
+
+# Measuring and enforcing CPU time lives in cputime.py; its names stay importable from here.
+__all__ = [
+    "POLL_S",
+    "CpuLimitExceeded",
+    "CpuMeter",
+    "Watchdog",
+    "calibrate",
+    "calibrated_limits",
+    "describe",
+    "kill_tree",
+    "resolve_limits",
+    "step_limits",
+    "timeout_reason",
+    "tree_cpu_seconds",
+    "tree_pids",
+]
 
 FACTOR = 3.0  # a cell may use this many times the reference solution's slowest cell ...
 CELL_FLOOR = 10.0  # ... but never less than this many CPU seconds
 TOTAL_FLOOR = 60.0  # the whole submission: max(TOTAL_FLOOR, FACTOR × reference total) CPU seconds
 WALL_FACTOR = 4.0  # wall-clock ceiling = WALL_FACTOR × each CPU limit
-POLL_S = 0.5  # how often the watchdog reads the CPU meter (a scan of /proc costs ~10 ms)
 CALIBRATION_SCHEMA = 1
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-class CpuLimitExceeded(Exception):
-    """A cell used up its CPU-time limit (per cell, or what was left of the whole submission's)."""
-
-
-# ---------------------------------------------------------------- measuring CPU time from the outside
-
-
-def _proc_table() -> dict[int, tuple[int, int, float]] | None:
-    """``pid -> (ppid, pgrp, CPU seconds of the process, its threads and its reaped children)`` from ``/proc``."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return None
-    table = {}
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:  # the process exited meanwhile
-            continue
-        # Fields after the command name (which may contain spaces and parentheses), see proc(5):
-        # state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
-        rest = raw[raw.rfind(b")") + 2 :].split()
-        ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
-        table[int(name)] = (int(rest[1]), int(rest[2]), ticks / _TICK)
-    return table
-
-
-def _members(table: dict[int, tuple[int, int, float]], root: int, pgid: int | None) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), [root] if root in table else []
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, ()))
-    if pgid:
-        found |= {pid for pid, (_, pgrp, _) in table.items() if pgrp == pgid}
-    return found
-
-
-def tree_pids(root: int, pgid: int | None = None) -> set[int]:
-    """Live pids of ``root``, its descendants and the members of process group ``pgid``."""
-    table = _proc_table()
-    if table is not None:
-        return _members(table, root, pgid)
-    import psutil
-
-    try:
-        proc = psutil.Process(root)
-        return {root} | {p.pid for p in proc.children(recursive=True)}
-    except psutil.Error:
-        return set()
-
-
-def tree_cpu_seconds(root: int, pgid: int | None = None) -> float:
-    """User + system CPU seconds of ``root``, its descendants and process group ``pgid``, reaped children included.
-
-    Reference: proc(5), ``/proc/[pid]/stat`` fields utime, stime, cutime and cstime.
-    """
-    table = _proc_table()
-    if table is not None:
-        return sum(table[pid][2] for pid in _members(table, root, pgid))
-    import psutil
-
-    total = 0.0
-    try:
-        procs = [psutil.Process(root)]
-        procs += procs[0].children(recursive=True)
-    except psutil.Error:
-        return 0.0
-    for proc in procs:
-        try:
-            t = proc.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-        except psutil.Error:
-            pass
-    return total
-
-
-def kill_tree(root: int, pgid: int | None = None) -> None:
-    """SIGKILL the process group ``pgid`` and every descendant of ``root`` (for those that left the group)."""
-    pids = tree_pids(root, pgid)
-    if pgid:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-class CpuMeter:
-    """CPU seconds used so far by a kernel's processes; never decreases (a child reaped outside is not lost)."""
-
-    def __init__(self, root: int, pgid: int | None = None) -> None:
-        self.root, self.pgid, self._peak = root, pgid, 0.0
-        self._lock = threading.Lock()
-
-    def read(self) -> float:
-        value = tree_cpu_seconds(self.root, self.pgid)
-        with self._lock:
-            self._peak = max(self._peak, value)
-            return self._peak
-
-
-class Watchdog:
-    """While a cell runs, poll ``meter`` and call ``on_exceed`` once it has used ``limit_s`` CPU seconds.
-
-    Use as a context manager around the wait for the cell; ``tripped`` says whether it fired
-    and ``used`` how many CPU seconds the cell took.
-    """
-
-    def __init__(self, meter: CpuMeter, limit_s: float, on_exceed: Callable[[], None]) -> None:
-        self.meter, self.limit_s, self.on_exceed = meter, limit_s, on_exceed
-        self.tripped, self.used = False, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="cnncourse-cpu-watchdog", daemon=True)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(POLL_S):
-            self.used = self.meter.read() - self._start
-            if self.used >= self.limit_s:
-                self.tripped = True
-                self.on_exceed()
-                return
-
-    def __enter__(self) -> Watchdog:
-        self._start = self.meter.read()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.used = self.meter.read() - self._start
 
 
 # ---------------------------------------------------------------- per-step limits and the reasons given

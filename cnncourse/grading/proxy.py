@@ -7,6 +7,7 @@ itself. The wire format and the rules for what crosses by value are in :mod:`rpc
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -14,6 +15,7 @@ import torch
 if TYPE_CHECKING:  # the channel imports this module; a proxy only calls it
     from cnncourse.grading.rpc import Channel
 
+MAX_ITEMS = 1_000_000  # items in one message, or yielded by one remote iteration
 # Operators a proxy forwards; names of functions in ``operator``.
 BINARY = (
     "add",
@@ -182,3 +184,56 @@ def plain_tensor(t: torch.Tensor) -> torch.Tensor:
     if t.layout != torch.strided:
         t = t.to_dense()
     return t.cpu().contiguous()
+
+
+def apply_op(op: str, target: Any, args: list) -> Any:
+    """Do one request on a local object; shared by both ends (the grader end restricts ``op`` first)."""
+    if op == "getattr":
+        return getattr(target, args[0])
+    if op == "setattr":
+        setattr(target, args[0], args[1])
+        return None
+    if op == "call":
+        if type(args[0]) is not list or type(args[1]) is not dict:
+            raise TypeError("malformed call")
+        return target(*args[0], **args[1])
+    if op == "iter":
+        items = []
+        for item in target:
+            items.append(item)
+            if len(items) > MAX_ITEMS:
+                raise ValueError("too many items to iterate")
+        return items
+    if op == "next":
+        try:
+            return [next(target)]
+        except StopIteration:
+            return []
+    if op == "len":
+        return len(target)
+    if op == "bool":
+        return bool(target)
+    if op == "repr":
+        return repr(target)
+    if op == "str":
+        return str(target)
+    if op == "format":
+        return format(target, args[0])
+    if op == "setitem":
+        target[args[0]] = args[1]
+        return None
+    if op == "value":
+        return target
+    if op == "op":
+        name, other, reflected = args
+        if name == "neg":
+            return -target
+        if name == "abs":
+            return abs(target)
+        if name not in BINARY:
+            raise ValueError(f"unknown operator {name!r}")
+        fn = getattr(operator, name)
+        if name == "contains":
+            return fn(target, other)
+        return fn(other, target) if reflected else fn(target, other)
+    raise ValueError(f"unknown request {op!r}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import json
 import math
-import operator
 import re
 import socket
 import struct
@@ -33,7 +32,7 @@ from typing import Any, Callable
 
 import torch
 
-from cnncourse.grading.proxy import BINARY, Proxy, plain_tensor, type_name
+from cnncourse.grading.proxy import MAX_ITEMS, Proxy, apply_op, plain_tensor, type_name
 
 # A tensor's raw bytes on the wire: sent without a copy (memoryview), received into a bytearray.
 Blob = bytes | bytearray | memoryview
@@ -52,7 +51,6 @@ __all__ = [
 ]
 
 MAX_DEPTH = 64
-MAX_ITEMS = 1_000_000
 MAX_BYTES = 1 << 30  # 1 GiB in one message
 _DTYPES = {
     str(d).removeprefix("torch."): d
@@ -380,56 +378,3 @@ def make_exception(type_name: str, message: str) -> Exception:
         except Exception:  # noqa: BLE001
             pass
     return RemoteError(f"{type_name}: {message}")
-
-
-def apply_op(op: str, target: Any, args: list) -> Any:
-    """Do one request on a local object; shared by both ends (the grader end restricts ``op`` first)."""
-    if op == "getattr":
-        return getattr(target, args[0])
-    if op == "setattr":
-        setattr(target, args[0], args[1])
-        return None
-    if op == "call":
-        if type(args[0]) is not list or type(args[1]) is not dict:
-            raise TypeError("malformed call")
-        return target(*args[0], **args[1])
-    if op == "iter":
-        items = []
-        for item in target:
-            items.append(item)
-            if len(items) > MAX_ITEMS:
-                raise ValueError("too many items to iterate")
-        return items
-    if op == "next":
-        try:
-            return [next(target)]
-        except StopIteration:
-            return []
-    if op == "len":
-        return len(target)
-    if op == "bool":
-        return bool(target)
-    if op == "repr":
-        return repr(target)
-    if op == "str":
-        return str(target)
-    if op == "format":
-        return format(target, args[0])
-    if op == "setitem":
-        target[args[0]] = args[1]
-        return None
-    if op == "value":
-        return target
-    if op == "op":
-        name, other, reflected = args
-        if name == "neg":
-            return -target
-        if name == "abs":
-            return abs(target)
-        if name not in BINARY:
-            raise ValueError(f"unknown operator {name!r}")
-        fn = getattr(operator, name)
-        if name == "contains":
-            return fn(target, other)
-        return fn(other, target) if reflected else fn(target, other)
-    raise ValueError(f"unknown request {op!r}")

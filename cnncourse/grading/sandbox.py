@@ -81,7 +81,8 @@ def _real(path: str | os.PathLike) -> Path:
 
 
 def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+    p, f = str(path), str(folder)  # strings: Path.parents costs ~50 us a call, and a sandbox makes thousands
+    return p == f or p.startswith(f.rstrip("/") + "/")
 
 
 def _source_root(path: Path) -> Path | None:
@@ -214,6 +215,34 @@ def _matplotlib_home(workdir: Path) -> str:
     return str(home)
 
 
+def _private() -> list[Path]:
+    """Folders that get an empty tmpfs of their own in every sandbox."""
+    return sorted({_real(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp"), Path("/run")}, key=str)
+
+
+def mounts(hide: Iterable[str | os.PathLike] = (), keep: Iterable[str | os.PathLike] = ()) -> list[tuple[str, ...]]:
+    """The bwrap mounts that hide ``hide`` (see :func:`bwrap_prefix`), one tuple of arguments per mount.
+
+    A mount inside a folder that another mount already empties is left out: it changes nothing, and
+    without it two submissions in different folders of one hidden tree get the same sandbox (which lets
+    the grader start a submission's kernel before the submission is known, see :mod:`kernel`).
+    """
+    keep_paths = [*needed_paths(), *(_real(k) for k in keep)]
+    private = _private()
+    masks: list[tuple[str, ...]] = []
+    for path in hide:
+        path = _real(path)
+        if not any(_inside(path, p) for p in private):  # those are empty already
+            masks += _mask(path, keep_paths)
+    return outermost(masks)
+
+
+def outermost(masks: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """``masks`` less repeats and the mounts inside a folder that another ``--tmpfs`` mount empties."""
+    emptied = {m[-1] for m in masks if m[0] == "--tmpfs"}
+    return [m for m in dict.fromkeys(masks) if not any(str(p) in emptied for p in Path(m[-1]).parents)]
+
+
 def bwrap_prefix(
     workdir: str | os.PathLike,
     sockets: str | os.PathLike,
@@ -238,19 +267,12 @@ def bwrap_prefix(
             "`apt-get install bubblewrap`, or grade with --no-sandbox"
         )
     workdir, sockets = _real(workdir), _real(sockets)
-    keep_paths = [*needed_paths(), *(_real(k) for k in keep)]
-    private = sorted({_real(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp"), Path("/run")}, key=str)
     args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm"]
-    for folder in private:
+    for folder in _private():
         if folder.is_dir() and not folder.is_symlink():
             args += ["--tmpfs", str(folder)]
-    masks: list[tuple[str, ...]] = []
-    for path in hide:
-        path = _real(path)
-        if not any(_inside(path, p) for p in private):  # those are empty already
-            masks += _mask(path, keep_paths)
-    for mask in dict.fromkeys(masks):
-        args += mask
+    for mount in mounts(hide, keep):
+        args += mount
     args += [
         "--bind",
         str(workdir),
