@@ -15,6 +15,11 @@
   runs to mean and standard deviation, and ``plot_grid`` draws them. The transfer chapter's experiments
   (``benchmarks/transfer.py``) and lab 6 are built on these three.
 
+This module is the one to import: it re-exports the read-only helpers it is built on, the naming of a
+model's layers, blocks and head (:mod:`cnncourse.model_parts`), and the measuring side, the targets,
+features, summaries and plots (:mod:`cnncourse.transfer_analysis`). What changes a model stays here, so
+a lab's ``forbid("cnncourse.transfer.freeze", ...)`` also covers the calls this module makes itself.
+
 Reference: J. Yosinski, J. Clune, Y. Bengio, H. Lipson, "How transferable are features in deep neural
 networks?", NeurIPS 2014; S. Ioffe and C. Szegedy, "Batch Normalization", ICML 2015 (eval-mode statistics).
 """
@@ -31,9 +36,32 @@ import torch.nn as nn
 from torch.utils.hooks import RemovableHandle
 
 from cnncourse.checkpoints import load_pretrained, recipe
-from cnncourse.data import BatchLoader, ImageDataset, load_dataset
+from cnncourse.data import ImageDataset
+from cnncourse.model_parts import aux_heads, blocks, find_head, layer_names
 from cnncourse.train import History, evaluate, fit, set_seed
-from cnncourse.utils import eval_mode
+from cnncourse.transfer_analysis import TARGETS, extract_features, pca_2d, plot_grid, summarize, target_data
+
+__all__ = [
+    "STRATEGIES",
+    "TARGETS",
+    "apply_strategy",
+    "aux_heads",
+    "blocks",
+    "extract_features",
+    "find_head",
+    "fine_tune",
+    "freeze",
+    "layer_names",
+    "param_groups",
+    "pca_2d",
+    "plot_grid",
+    "reinitialize",
+    "replace_head",
+    "run_grid",
+    "summarize",
+    "target_data",
+    "unfreeze",
+]
 
 STRATEGIES: dict[str, str] = {
     "head": "train only the new head; the pretrained backbone is frozen",
@@ -41,8 +69,6 @@ STRATEGIES: dict[str, str] = {
     "full": "fine-tune every layer, starting from the pretrained weights",
     "scratch": "the same architecture, randomly initialised, every layer trained",
 }
-_HEAD_ATTRS = ("fc", "classifier", "head", "heads", "output")
-_AUX_ATTRS = ("aux1", "aux2", "AuxLogits")
 _BN_HOOKS: "weakref.WeakKeyDictionary[nn.Module, RemovableHandle]" = weakref.WeakKeyDictionary()
 
 
@@ -62,14 +88,6 @@ def _part(model: nn.Module, until: str | None) -> list[tuple[str, nn.Module]]:
         raise ValueError(f"{type(model).__name__} has no layer {until!r}; candidates: {', '.join(layer_names(model))}")
     end = max(i for i, n in enumerate(names) if n == until or n.startswith(until + "."))
     return mods[: end + 1]
-
-
-def layer_names(model: nn.Module) -> list[str]:
-    """Names of the modules that own parameters, in registration order: the valid ``until`` values.
-
-    Reference: ``torch.nn.Module.named_modules``.
-    """
-    return [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
 
 
 def freeze(model: nn.Module, until: str | None = None, *, bn_eval: bool = True) -> list[str]:
@@ -123,37 +141,6 @@ def unfreeze(model: nn.Module, until: str | None = None) -> list[str]:
     return changed
 
 
-def _is_classifier_layer(m: nn.Module) -> bool:
-    # nn.Linear, a 1x1-conv classifier, or any layer exposing nn.Linear's in_features/out_features
-    # (LeNet-5's RBF output units do).
-    return isinstance(m, (nn.Linear, nn.Conv2d)) or (hasattr(m, "in_features") and hasattr(m, "out_features"))
-
-
-def _last_layer(module: nn.Module, prefix: str) -> str | None:
-    found = [n for n, m in module.named_modules(prefix=prefix) if _is_classifier_layer(m)]
-    return found[-1] if found else None
-
-
-def find_head(model: nn.Module) -> str:
-    """The name of the final classifier layer: ``fc``, the last layer in ``classifier``/``head``/``heads``
-    or LeNet-5's RBF ``output``.
-
-    Raises:
-        ValueError: no such attribute; the message lists the model's Linear and Conv2d layers.
-
-    Reference: torchvision ``models/*.py`` attribute names.
-    """
-    for attr in _HEAD_ATTRS:
-        child = getattr(model, attr, None)
-        if isinstance(child, nn.Module) and (name := _last_layer(child, attr)):
-            return name
-    candidates = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-8:]
-    raise ValueError(
-        f"cannot find the head of {type(model).__name__}: it has none of the attributes "
-        f"{', '.join(_HEAD_ATTRS)}; its last Linear/Conv2d layers are: {', '.join(candidates) or 'none'}"
-    )
-
-
 def _new_head(old: nn.Module, num_classes: int) -> nn.Module:
     if isinstance(old, nn.Conv2d):  # SqueezeNet-style 1x1 conv classifier
         k, s, p = old.kernel_size, old.stride, old.padding
@@ -180,13 +167,7 @@ def replace_head(model: nn.Module, num_classes: int) -> str:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     head = find_head(model)
-    names = [head] + [
-        n
-        for a in _AUX_ATTRS
-        if isinstance(getattr(model, a, None), nn.Module)
-        for n in [_last_layer(getattr(model, a), a)]
-        if n
-    ]
+    names = [head] + aux_heads(model)
     for name in names:
         old = model.get_submodule(name)
         ref = next(itertools.chain(old.parameters(), old.buffers()))
@@ -194,26 +175,6 @@ def replace_head(model: nn.Module, num_classes: int) -> str:
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, new)
     return head
-
-
-def blocks(model: nn.Module) -> list[str]:
-    """The model's trainable blocks in order: children of containers (``Sequential``, ``ModuleList``)
-    and of the model itself, descending into containers; e.g. ``conv1, bn1, layer1.0, ..., layer3.2, fc``.
-
-    Reference: the "blocks" of He et al., CVPR 2016, and torchvision's ``features``/``layerN`` layout.
-    """
-    out: list[str] = []
-
-    def walk(module: nn.Module, prefix: str) -> None:
-        for name, child in module.named_children():
-            full = f"{prefix}.{name}" if prefix else name
-            if isinstance(child, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
-                walk(child, full)
-            elif any(True for _ in child.parameters()):
-                out.append(full)
-
-    walk(model, "")
-    return out
 
 
 def _before(model: nn.Module, name: str) -> str | None:
@@ -360,62 +321,6 @@ def fine_tune(
     )
 
 
-@torch.no_grad()
-def extract_features(
-    model: nn.Module, data: ImageDataset, *, head: str | None = None, batch_size: int = 512
-) -> torch.Tensor:
-    """The inputs of the head (the backbone's features), ``(N, D)``, for every image of ``data``, in eval mode.
-
-    Reference: Donahue et al., "DeCAF", ICML 2014 (features of a frozen network as a representation).
-    """
-    head_module = model.get_submodule(head or find_head(model))
-    feats: list[torch.Tensor] = []
-    handle = head_module.register_forward_pre_hook(lambda m, args: feats.append(args[0].flatten(1).cpu()))
-    device = next(model.parameters()).device
-    try:
-        with eval_mode(model):
-            for x, _ in BatchLoader(data, batch_size, device=device):
-                model(x)
-    finally:
-        handle.remove()
-    return torch.cat(feats)
-
-
-def pca_2d(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Project ``(N, D)`` features on their first two principal components.
-
-    Returns:
-        ``(N, 2)`` coordinates and the fraction of the variance each of the two components explains.
-
-    Reference: I. T. Jolliffe, *Principal Component Analysis*, 2nd ed., Springer 2002, ch. 1.
-    """
-    if features.dim() != 2 or features.shape[0] < 2:
-        raise ValueError(f"expected features (N >= 2, D), got {tuple(features.shape)}")
-    x = features.double() - features.double().mean(0)
-    _, s, vh = torch.linalg.svd(x, full_matrices=False)
-    return (x @ vh[:2].T).float(), (s[:2] ** 2 / (s**2).sum()).float()
-
-
-# The experiment grid: every (target, data budget, strategy, seed), summarised and plotted.
-
-TARGETS: dict[str, tuple[str, tuple[int, ...] | None]] = {
-    "similar": ("mnist", (5, 6, 7, 8, 9)),
-    "different": ("fashion-mnist", None),
-}
-
-
-def target_data(target: str, split: str) -> ImageDataset:
-    """The ``"similar"`` (MNIST 5-9, relabelled 0-4) or ``"different"`` (Fashion-MNIST) target split.
-
-    Reference: this module's ``TARGETS`` table.
-    """
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; expected one of: {', '.join(TARGETS)}")
-    name, classes = TARGETS[target]
-    data = load_dataset(name, split)
-    return data.filter_classes(classes) if classes is not None else data
-
-
 def run_grid(
     checkpoint: str = "lenet5_mnist04",
     *,
@@ -465,54 +370,3 @@ def run_grid(
             }
         )
     return rows
-
-
-def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation (``ddof=1``; 0 for one seed) of the accuracy per (target, size, strategy).
-
-    Reference: :func:`run_grid`.
-    """
-    cells: dict[tuple, list[float]] = {}
-    for r in rows:
-        cells.setdefault((r["target"], r["size"], r["strategy"]), []).append(r["accuracy"])
-    out = []
-    for (t, n, s), accs in cells.items():
-        a = torch.tensor(accs, dtype=torch.float64)
-        out.append(
-            {
-                "target": t,
-                "size": n,
-                "strategy": s,
-                "mean": a.mean().item(),
-                "std": a.std().item() if len(accs) > 1 else 0.0,
-                "seeds": len(accs),
-            }
-        )
-    return out
-
-
-def plot_grid(summary: Sequence[dict[str, Any]], title: str | None = None):
-    """Accuracy against images per class: one panel per target, one line (mean +- std) per strategy.
-
-    Reference: :func:`summarize`.
-    """
-    import matplotlib.pyplot as plt
-
-    targets = list(dict.fromkeys(r["target"] for r in summary))
-    fig, axes = plt.subplots(1, len(targets), figsize=(4.6 * len(targets), 3.6), squeeze=False, sharey=True)
-    for ax, t in zip(axes[0], targets):
-        for s in dict.fromkeys(r["strategy"] for r in summary):
-            pts = sorted((r["size"], r["mean"], r["std"]) for r in summary if r["target"] == t and r["strategy"] == s)
-            n, m, sd = zip(*pts)
-            ax.errorbar(n, m, yerr=sd, marker="o", capsize=3, label=s)
-        dataset, classes = TARGETS.get(t, (t, None))
-        ax.set_title(f"{t}: {dataset}" + (f" {classes[0]}-{classes[-1]}" if classes else ""))
-        ax.set_xscale("log")
-        ax.set_xlabel("training images per class")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy")
-    axes[0][0].legend(title="strategy", loc="center right", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig

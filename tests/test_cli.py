@@ -90,7 +90,7 @@ def test_data_check_rejects_unknown_dataset():
 
 
 def test_locate_agrees_with_the_loader(tmp_path, data_root, monkeypatch):
-    from cnncourse import data
+    from cnncourse import data, data_files
 
     monkeypatch.setenv("CNNCOURSE_DATA", str(data_root))
     (tmp_path / "MNIST" / "raw").mkdir(parents=True)
@@ -98,7 +98,7 @@ def test_locate_agrees_with_the_loader(tmp_path, data_root, monkeypatch):
     assert where == data_root / "MNIST" / "raw"
     assert data.load_dataset("mnist", "test", root=tmp_path).location == where
     monkeypatch.setenv("CNNCOURSE_DATA", str(tmp_path))
-    monkeypatch.setattr(data, "CACHE_ROOT", tmp_path / "cache")
+    monkeypatch.setattr(data_files, "CACHE_ROOT", tmp_path / "cache")
     assert data.locate("mnist", "test") is None
 
 

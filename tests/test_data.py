@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from cnncourse import data
+from cnncourse import data, data_files
 from cnncourse.data import (BatchLoader, CorruptDatasetError, DatasetNotFoundError, load_dataset, pad_to,
                             random_crop_flip, shift_images)
 
@@ -59,7 +59,7 @@ def test_subsets(mnist_train):
 
 def test_missing_data_error_names_everything(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNCOURSE_DATA", str(tmp_path / "env"))
-    monkeypatch.setattr(data, "CACHE_ROOT", tmp_path / "cache")
+    monkeypatch.setattr(data_files, "CACHE_ROOT", tmp_path / "cache")
     with pytest.raises(DatasetNotFoundError) as err:
         load_dataset("fashion-mnist", "test", root=tmp_path / "arg", download=False)
     msg = str(err.value)
@@ -71,11 +71,11 @@ def test_missing_data_error_names_everything(tmp_path, monkeypatch):
 
 def test_offline_download_failure_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("CNNCOURSE_DATA", raising=False)
-    monkeypatch.setattr(data, "CACHE_ROOT", tmp_path / "cache")
+    monkeypatch.setattr(data_files, "CACHE_ROOT", tmp_path / "cache")
 
     def offline(spec, split):
         raise OSError("network is unreachable")
-    monkeypatch.setattr(data, "_download", offline)
+    monkeypatch.setattr(data_files, "_download", offline)
     with pytest.raises(DatasetNotFoundError, match="download failed: OSError: network is unreachable"):
         load_dataset("mnist", "train", root=tmp_path / "nothing")
 
@@ -165,7 +165,7 @@ def test_idx_parser_rejects_garbage(tmp_path):
     f = tmp_path / "bad"
     f.write_bytes(b"\x00\x00\x08\x01" + (10).to_bytes(4, "big") + bytes(5))
     with pytest.raises(CorruptDatasetError, match="not a uint8 IDX file"):
-        data._read_idx(f)
+        data_files.read_idx(f)
     good = tmp_path / "good"
     good.write_bytes(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + bytes([1, 2, 3]))
-    assert np.array_equal(data._read_idx(good), [1, 2, 3])
+    assert np.array_equal(data_files.read_idx(good), [1, 2, 3])

@@ -3,6 +3,7 @@ exercises, every exercise has a solution, and the solutions stay out of the stud
 
 from __future__ import annotations
 
+import ast
 import functools
 import html
 import json
@@ -46,6 +47,51 @@ def _section(text: str, heading: str) -> str:
     match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
     assert match, f"no '## {heading}' section"
     return match.group(1)
+
+
+INCLUDE = re.compile(r"```\{literalinclude\} (\S+)\n((?::[\w-]+:.*\n)*)")
+
+
+def _pyobjects(source: str) -> set[str]:
+    """Every top-level function or class of a module and every method, as Sphinx's ``:pyobject:`` names them."""
+    names: set[str] = set()
+
+    def walk(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(prefix + node.name)
+                if isinstance(node, ast.ClassDef):
+                    walk(node.body, f"{prefix}{node.name}.")
+
+    walk(ast.parse(source).body, "")
+    return names
+
+
+def _broken_includes(pages: list[Path]) -> list[str]:
+    broken = []
+    for page in pages:
+        for path, options in INCLUDE.findall(page.read_text()):
+            target = (page.parent / path).resolve()
+            obj = re.search(r"^:pyobject: (\S+)$", options, re.M)
+            if not target.is_file():
+                broken.append(f"{page.name}: {path} does not exist")
+            elif obj and obj.group(1) not in _pyobjects(target.read_text()):
+                broken.append(f"{page.name}: {path} defines no {obj.group(1)}")
+    return broken
+
+
+def test_every_literalinclude_names_an_existing_file_and_object():
+    # Moving or renaming library code silently empties the chapter's listing until the next full book
+    # build (minutes) warns; this finds it in milliseconds.
+    assert not _broken_includes(_pages()), _broken_includes(_pages())
+
+
+def test_include_check_can_fail(tmp_path):
+    page = tmp_path / "chapter.md"
+    page.write_text(f"```{{literalinclude}} {ROOT}/cnncourse/transfer.py\n:pyobject: no_such_function\n```\n"
+                    f"```{{literalinclude}} {ROOT}/cnncourse/missing.py\n:pyobject: freeze\n```\n")
+    assert [b.split(": ", 1)[1] for b in _broken_includes([page])] == [
+        f"{ROOT}/cnncourse/transfer.py defines no no_such_function", f"{ROOT}/cnncourse/missing.py does not exist"]
 
 
 def test_every_citation_resolves_and_every_entry_has_a_link():
