@@ -8,7 +8,7 @@
   connection per input it reads plus one for the bias. For a convolution that is
   ``output elements x (C_in / groups x K_h x K_w + 1)``; for a linear layer ``out x (in + 1)``;
   for a parameter-free pooling layer ``output elements x K_h x K_w``; element-wise layers 0.
-  A module can define ``connections(output_shape) -> int`` to say how it counts (see ``lenet.py``);
+  A module can define ``connections(output_shape) -> int`` to say how it counts (see ``models/lenet_layers.py``);
 * the multiply-accumulates (MACs) of convolutions and linear layers (weights only, no bias);
 * the receptive field of one output unit, in input pixels: its ``size``, the ``jump`` (distance in
   input pixels between neighbouring units) and ``start`` (centre of the first unit; input pixel
