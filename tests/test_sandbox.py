@@ -157,11 +157,22 @@ def test_sandboxed_processes_die_with_their_parent(tmp_path):
         return processes_with(marker)
 
     try:
+        def forked_child_running() -> bool:
+            # Wait for the `sleep` itself: bwrap's own command line carries the marker too, and killing bwrap
+            # before its sandboxed child has set up die-with-parent tests nothing (a race seen under load).
+            for pid in survivors():
+                try:
+                    if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep\0"):
+                        return True
+                except OSError:  # it ended while we looked
+                    pass
+            return False
+
         for _ in range(600):                   # a loaded machine may take seconds to start Python
-            if survivors():
+            if forked_child_running():
                 break
             time.sleep(0.1)
-        assert survivors(), "the forked child should be running"
+        assert forked_child_running(), "the forked child should be running"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         for _ in range(300):
