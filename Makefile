@@ -76,8 +76,11 @@ MUTANTS_K ?=
 mutants: install
 	$(BIN)/python -m pytest tests/test_lab_mutants.py -m mutants -q $(if $(MUTANTS_K),-k "$(MUTANTS_K)")
 
+# One nbval item is one notebook cell, and the training cells of lab03-lab05 (QUICK mode) can pass the unit
+# tests' 300 s pytest-timeout on a slower 2-core runner with two labs running at once: 900 s per cell here.
+NBVAL_CELL_TIMEOUT ?= 900
 nbval: install
-	$(BIN)/python -m pytest --nbval-lax labs/ -q -p no:cacheprovider $(XDIST)
+	$(BIN)/python -m pytest --nbval-lax labs/ -q -p no:cacheprovider --timeout $(NBVAL_CELL_TIMEOUT) $(XDIST)
 
 # Lint and type-check the library (configured in pyproject.toml).
 lint: install
