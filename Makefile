@@ -76,11 +76,13 @@ MUTANTS_K ?=
 mutants: install
 	$(BIN)/python -m pytest tests/test_lab_mutants.py -m mutants -q $(if $(MUTANTS_K),-k "$(MUTANTS_K)")
 
-# One nbval item is one notebook cell, and the training cells of lab03-lab05 (QUICK mode) can pass the unit
-# tests' 300 s pytest-timeout on a slower 2-core runner with two labs running at once: 900 s per cell here.
+# One lab at a time: a lab's training cells use both cores (torch's threads), and two labs at once on 2 cores
+# made those threads spin-wait on each other. On a 2-core AMD EPYC the ten labs took 14.5 min as two xdist
+# workers (in CI) and 3.8 min one at a time (December 2026).
+# One nbval item is one notebook cell; a cell that hangs fails after NBVAL_CELL_TIMEOUT seconds.
 NBVAL_CELL_TIMEOUT ?= 900
 nbval: install
-	$(BIN)/python -m pytest --nbval-lax labs/ -q -p no:cacheprovider --timeout $(NBVAL_CELL_TIMEOUT) $(XDIST)
+	$(BIN)/python -m pytest --nbval-lax labs/ -q -p no:cacheprovider --timeout $(NBVAL_CELL_TIMEOUT)
 
 # Lint and type-check the library (configured in pyproject.toml).
 lint: install
