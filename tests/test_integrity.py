@@ -201,3 +201,31 @@ def test_course_seed_mixes_in_the_secret():
         assert "CNNCOURSE_SECRET" not in kernel_env(), "the student's kernel must not see the secret"
     finally:
         del os.environ["CNNCOURSE_SECRET"]
+
+
+def test_a_test_that_defines_a_function_leaves_nothing_behind(wire):
+    """A test's namespace is a reference cycle once it defines a function; it must not outlive the next run.
+
+    Grading lab04's mutants kept every run's AlexNet (its test defines helper functions) until the
+    machine ran out of memory: a process with torch loaded rarely runs a full collection on its own.
+    """
+    import gc
+    import weakref
+
+    from cnncourse.grading.harness import run_test
+
+    grader, _ = wire
+    test = "class Big:\n    pass\n\nbig = Big()\n\ndef helper():\n    return big\n\nBIGS.append(big)\n"
+    born: list = []
+    carry: dict = {}
+    gc.disable()  # as in a process whose automatic collections never reach these objects
+    try:
+        for _ in range(3):
+            carry["BIGS"] = []
+            run_test(grader, "test_leak", test, "", "", carry, "")
+            born.append(weakref.ref(carry["BIGS"][0]))
+            carry.pop("BIGS")
+    finally:
+        gc.enable()
+    alive = [ref() is not None for ref in born]
+    assert alive == [False, False, True], f"objects of earlier runs still alive: {alive}"
