@@ -206,23 +206,26 @@ def test_course_seed_mixes_in_the_secret():
 def test_a_test_that_defines_a_function_leaves_nothing_behind(wire):
     """A test's namespace is a reference cycle once it defines a function; it must not outlive the next run.
 
-    Grading lab04's mutants kept every run's AlexNet (its test defines helper functions) until the
-    machine ran out of memory: a process with torch loaded rarely runs a full collection on its own.
+    Grading lab04's mutants kept every run's AlexNet until the machine ran out of memory: its test hands
+    helper functions to the student's code (the channel kept their handles) and the helpers' globals are
+    the namespace; a process with torch loaded rarely runs a full collection on its own.
     """
     import gc
     import weakref
 
     from cnncourse.grading.harness import run_test
 
-    grader, _ = wire
-    test = "class Big:\n    pass\n\nbig = Big()\n\ndef helper():\n    return big\n\nBIGS.append(big)\n"
+    grader, kernel_ns = wire
+    kernel_ns["apply"] = lambda f: f() is not None  # the student's code calls back the test's helper
+    test = "class Big:\n    pass\n\nbig = Big()\n\ndef helper():\n    return big\n\nBIGS.append(big)\nassert apply(helper)\n"
     born: list = []
     carry: dict = {}
     gc.disable()  # as in a process whose automatic collections never reach these objects
     try:
         for _ in range(3):
             carry["BIGS"] = []
-            run_test(grader, "test_leak", test, "", "", carry, "")
+            report = run_test(grader, "test_leak", test, "", "", carry, "")
+            assert report["public"] is None, report
             born.append(weakref.ref(carry["BIGS"][0]))
             carry.pop("BIGS")
     finally:

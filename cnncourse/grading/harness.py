@@ -294,11 +294,14 @@ def run_test(
         integrity._remote_forbidden = previous_forbidden
         checks.SECRET = None
         checks._REMOTE_BUILD = None
+        # The handles this test gave the kernel (a helper function, a model) end with it: a later test, or the
+        # kernel between tests, can no longer call them, and they no longer keep this test's objects alive.
+        channel.objects.clear()
     result["output"] = captured.getvalue()
     # A test that defines a function makes a reference cycle (the function's globals are the test's namespace),
     # so the namespace and everything it holds (lab04's test builds AlexNet: 61 M parameters) outlive the test
-    # until a full collection, which a process with torch loaded rarely runs on its own: grading lab04's mutants
-    # grew this process by 1.4 GB a run until the machine ran out of memory. Collect now.
+    # until a full collection, which a process with torch loaded rarely runs on its own. With the handles above,
+    # grading lab04's mutants grew this process by 1.4 GB a run until the machine ran out of memory. Collect now.
     # The locals that still reach the previous run's names go first (``before`` holds them, as may ``value``).
     del ns, before, new
     value = None
