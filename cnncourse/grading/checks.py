@@ -12,6 +12,8 @@ import torch
 SECRET: str | None = None
 # Set by the grader while a test runs: builds an object in the student's kernel (see in_student_kernel).
 _REMOTE_BUILD: Callable[..., Any] | None = None
+# How many times course_seed has run (the mutant suite: a test that never asks has the same inputs under every secret).
+_SECRET_USES = 0
 
 
 class CheckFailed(AssertionError):
@@ -77,6 +79,8 @@ def course_seed(seed: int) -> int:
 
     Reference: keyed hashing with SHA-256, https://docs.python.org/3/library/hashlib.html
     """
+    global _SECRET_USES
+    _SECRET_USES += 1
     secret = os.environ.get("CNNCOURSE_SECRET", "") if SECRET is None else SECRET
     if not secret:
         return int(seed)

@@ -21,7 +21,9 @@ scored by the grader's ``_score_report``). The reference must score full marks; 
 their inputs from ``test_seed(grade_id, secret)``) and every other question re-run scores as
 with the reference.
 
-Speed: one kernel per lab. It runs the reference plan once (every test under every secret).
+Speed: one kernel per lab. It runs the reference plan once (every test under every secret; a test
+that neither called ``course_seed`` nor drew from the grader's seeded generator has the same inputs
+under every secret, so it runs once and its score stands for all).
 Then, per mutant, only the mutated solution cell is executed again, followed by its question,
 the later tests that use a name the mutated cell defines, and the later student cells that those
 tests need (names followed through the cells' ``ast``); a test that uses none of them sees the
@@ -37,6 +39,7 @@ from __future__ import annotations
 import ast
 import copy
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -73,6 +76,10 @@ OPTIONAL = ("region",)
 # The no-secret seed (what a course without --secret uses) and five course secrets.
 FIRST_RUN_LIMIT = 3600.0  # wall seconds for one student cell of the reference's first run
 SECRETS = ("", "mutant-a", "mutant-b", "mutant-c", "mutant-d", "mutant-e")
+
+
+# Ways a test could read its seed or the secret without calling course_seed or drawing from the generator.
+_SEED_READERS = re.compile(r"\b(initial_seed|test_seed|get_rng_state|SECRET|CNNCOURSE_SECRET)\b")
 
 
 class MutantFileError(ValueError):
@@ -230,13 +237,65 @@ def apply_mutant(nb: nbformat.NotebookNode, mutant: Mutant) -> nbformat.Notebook
     return out
 
 
+def _loads(node: ast.AST) -> set[str]:
+    """Names ``node`` reads, less the variables of its comprehensions (they live in their own scope)."""
+    loads = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    local = {
+        n.id
+        for c in ast.walk(node)
+        if isinstance(c, ast.comprehension)
+        for n in ast.walk(c.target)
+        if isinstance(n, ast.Name)
+    }
+    return loads - local
+
+
+def _stores(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del))}
+
+
+def _free(statements: list[ast.stmt], bound: set[str]) -> set[str]:
+    """Names that ``statements`` read before binding them themselves, in execution order (``bound`` grows).
+
+    Exact for straight-line assignments and ``for`` loops (what lab cells are made of); everything else
+    (a function body, a branch, a ``with``) counts every name it reads as free, which can only re-run more.
+    """
+    free: set[str] = set()
+    for s in statements:
+        if isinstance(s, (ast.Assign, ast.AnnAssign)):
+            targets = s.targets if isinstance(s, ast.Assign) else [s.target]
+            free |= (_loads(s.value) if s.value is not None else set()) - bound
+            for t in targets:  # x[i] = ... and x.a = ... read x
+                free |= _loads(t) - bound
+                bound |= _stores(t)
+        elif isinstance(s, ast.AugAssign):  # x += v reads x
+            free |= (_loads(s.value) | _stores(s.target) | _loads(s.target)) - bound
+            bound |= _stores(s.target)
+        elif isinstance(s, ast.For):
+            free |= (_loads(s.iter) | _loads(s.target)) - bound
+            bound |= _stores(s.target)
+            free |= _free(s.body + s.orelse, bound)
+        elif isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            free |= _loads(s) - bound
+            bound.add(s.name)
+        elif isinstance(s, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in s.names}
+        else:
+            free |= _loads(s) - bound
+            bound |= _stores(s)
+    return free
+
+
 def _names(source: str) -> tuple[set[str], set[str]]:
-    """(names a cell defines at top level, every name it mentions) from its ``ast``; empty for bad syntax."""
+    """(names a cell defines at top level, names it reads from earlier cells) from its ``ast``; empty for bad syntax.
+
+    A name the cell binds before reading it (a loop variable, ``x = ...`` then ``f(x)``) is not read from an
+    earlier cell, so a mutation of that name elsewhere does not reach this cell through it.
+    """
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return set(), set()
-    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     defined = set()
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -244,8 +303,8 @@ def _names(source: str) -> tuple[set[str], set[str]]:
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             pass  # re-running an import binds the same object: it changes nothing downstream
         else:
-            defined |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-    return defined, used | defined
+            defined |= _stores(node)
+    return defined, _free(tree.body, set())
 
 
 class _Session:
@@ -273,8 +332,11 @@ class _Session:
         return self.run_steps(range(len(self.steps)), {})
 
     def run_steps(self, positions: Any, sources: dict[int, str], limit: float = 600) -> dict[str, list[float]]:
+        import torch
+
+        from cnncourse.grading import checks
         from cnncourse.grading.autograde import _score_report
-        from cnncourse.grading.harness import run_test
+        from cnncourse.grading.harness import run_test, test_seed
 
         scores: dict[str, list[float]] = {}
         for pos in positions:
@@ -286,7 +348,13 @@ class _Session:
                 known = self.cost.get(pos)
                 self.kernel.run(sources.get(pos, item[1]), FIRST_RUN_LIMIT if known is None else max(60.0, 4 * known))
             else:
-                for secret in self.secrets:
+                blind = False
+                for number, secret in enumerate(self.secrets):
+                    if number and blind:  # the same inputs under every secret: the same score
+                        scores[item.grade_id].append(scores[item.grade_id][0])
+                        continue
+                    torch.manual_seed(test_seed(item.grade_id, secret))  # what run_test seeds the test with
+                    seeded, uses = torch.get_rng_state(), checks._SECRET_USES
                     self.channel.deadline = time.monotonic() + limit
                     report = run_test(
                         self.channel, item.grade_id, item.public, item.hidden, self.lab.imports, self.carry, secret
@@ -295,6 +363,13 @@ class _Session:
                     scores.setdefault(item.grade_id, []).append(scored["points"])
                     if not scored["passed"]:
                         self.detail[item.grade_id] = f"secret {secret!r}: {scored['detail']}"
+                    # The secret reaches a test only through course_seed and the grader's seeded generator: a
+                    # test that called neither (and never reads the seed) sees the same inputs under every secret.
+                    blind = (
+                        checks._SECRET_USES == uses
+                        and torch.equal(torch.get_rng_state(), seeded)
+                        and not _SEED_READERS.search(item.public + item.hidden)
+                    )
             self.cost.setdefault(pos, time.monotonic() - t0)
         return scores
 
@@ -322,8 +397,8 @@ def _dependants(steps: list, start: int, question: str) -> list[int]:
     affected = []
     for pos in range(start + 1, len(steps)):
         kind, item = steps[pos]
-        defined, used = info[pos]
-        if used & reach or (kind == "test" and item.grade_id == question):
+        defined, reads = info[pos]
+        if reads & reach or (kind == "test" and item.grade_id == question):
             affected.append(pos)
             if kind == "student":
                 reach |= defined
