@@ -102,6 +102,7 @@ class Kernel:
                 return None
 
         self.key = launch_key(limits, hide)
+        self.forked = False  # True: the kernel is forked from this process's zygote into its sandbox
         self.own_workdir = workdir is None
         self.workdir = tempfile.mkdtemp(prefix="cnncourse-grade-") if workdir is None else str(workdir)
         # IPC sockets in a private folder instead of TCP on localhost, which other users could reach.
@@ -114,12 +115,16 @@ class Kernel:
         if hide is None:
             self.km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(self.sockets, "k"))
         else:  # sandboxed: the connection file sits with the sockets, the only folder shared with the kernel
+            from cnncourse.grading import zygote
+
+            self.forked = zygote.available()
             self.km = sandbox.kernel_manager(
                 sandbox.bwrap_prefix(self.workdir, self.sockets, hide),
                 kernel_name="python3",
                 transport="ipc",
                 ip=os.path.join(self.sockets, "k"),
                 connection_file=os.path.join(self.sockets, "kernel.json"),
+                holder=[*zygote.HOLDER, os.path.join(self.sockets, "kernel.pid")] if self.forked else None,
             )
         self.reply: dict[str, Any] = {}
         self.client = Client(
@@ -143,11 +148,39 @@ class Kernel:
             provisioner: Any = self.km.provisioner  # a LocalProvisioner: it has the process
             self.process = provisioner.process
             self.meter = _limits.CpuMeter(provisioner.process.pid, getattr(provisioner, "pgid", None))
+            if self.forked:
+                self.meter.extra = (self._fork_into_sandbox(limits),)
             if deadline is not None:
                 self.wait_ready(deadline - time.monotonic())
-        except BaseException:
+        except BaseException as exc:
             self.kill()
+            from cnncourse.grading import zygote
+
+            if isinstance(exc, zygote.SpawnError):  # no zygote from now on in this process: start fresh
+                self.__init__(limits, workdir, deadline, hide)  # type: ignore[misc]
+                return
             raise
+
+    def _fork_into_sandbox(self, limits: Any) -> int:
+        """Have the zygote fork the kernel into the sandbox that ``bwrap`` (running the holder) has set up; its PID."""
+        from cnncourse.grading import sandbox, zygote
+
+        env = kernel_env()
+        env.pop("JPY_PARENT_PID", None)
+        env.update(sandbox.kernel_setenv(self.workdir))
+        argv = [
+            "-f",
+            os.path.realpath(self.km.connection_file),
+            f"--IPKernelApp.exec_lines={_AGENT.format(path=self.agent)}",
+        ]
+        request = {
+            "env": env,
+            "workdir": os.path.realpath(self.workdir),
+            "argv": argv,
+            "memory_mb": limits.memory_mb,
+            "pidfile": os.path.join(os.path.realpath(self.sockets), "kernel.pid"),
+        }
+        return zygote.shared(kernel_env()).spawn(zygote.holder_pid(self.process.pid), request)
 
     def alive(self) -> bool:
         """Whether the kernel's process (``bwrap`` in the sandbox) is still running."""
@@ -189,8 +222,9 @@ class Kernel:
 
         Wrapped around every wait for the kernel: a student cell, and a trusted test's calls into the kernel.
         """
+        meter = self.meter
         return _limits.Watchdog(
-            self.meter, math.inf if cpu is None else cpu, lambda: _limits.kill_tree(self.meter.root, self.meter.pgid)
+            meter, math.inf if cpu is None else cpu, lambda: _limits.kill_tree(meter.root, meter.pgid, meter.extra)
         )
 
     def connect(self, timeout: float) -> GraderChannel:

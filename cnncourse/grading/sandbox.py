@@ -295,24 +295,25 @@ def bwrap_prefix(
         # --die-with-parent does that job instead.
         "--unsetenv",
         "JPY_PARENT_PID",
-        "--setenv",
-        "IPYTHONDIR",
-        str(workdir / ".ipython"),
-        "--setenv",
-        "MPLCONFIGDIR",
-        _matplotlib_home(workdir),
-        "--setenv",
-        "TMPDIR",
-        str(workdir),
     ]
+    for name, value in kernel_setenv(workdir).items():
+        args += ["--setenv", name, value]
     return args
 
 
-def kernel_manager(prefix: list[str], **kwargs: Any) -> Any:
+def kernel_setenv(workdir: str | os.PathLike) -> dict[str, str]:
+    """The variables a sandboxed kernel gets on top of the grader's: its IPython, matplotlib and temp folders."""
+    workdir = _real(workdir)
+    return {"IPYTHONDIR": str(workdir / ".ipython"), "MPLCONFIGDIR": _matplotlib_home(workdir), "TMPDIR": str(workdir)}
+
+
+def kernel_manager(prefix: list[str], holder: list[str] | None = None, **kwargs: Any) -> Any:
     """A jupyter_client ``AsyncKernelManager`` (built with ``kwargs``) that runs ``prefix`` + an IPython kernel.
 
     The kernel is the grader's own interpreter (``sys.executable -m ipykernel_launcher``), not whatever the
     installed ``python3`` kernelspec names: a kernelspec may point at another checkout, which the sandbox hides.
+    With ``holder``, the sandbox runs that command instead, and the kernel is forked into it (see
+    :mod:`cnncourse.grading.zygote`).
 
     Reference: ``KernelManager.format_kernel_cmd``, https://jupyter-client.readthedocs.io/en/stable/api/jupyter_client.html
     """
@@ -320,6 +321,8 @@ def kernel_manager(prefix: list[str], **kwargs: Any) -> Any:
 
     class SandboxedKernelManager(AsyncKernelManager):
         def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            if holder:  # the kernel is forked into the sandbox from a zygote (cnncourse.grading.zygote)
+                return [*prefix, *holder]
             return [
                 *prefix,
                 sys.executable,
