@@ -19,7 +19,9 @@ while the current submission is graded (``prestart on``, the default of ``grade`
   remove its CPU time: on a machine with no idle core (load above the CPU count) the wall figures
   approach the CPU ones.
 
-Finally the raw cost of one kernel alone: spawn, and wait until its agent is connected (torch imported).
+Finally the raw cost of one kernel alone: spawn, and wait until its agent is connected; and of one zygote
+(:mod:`cnncourse.grading.zygote`), the process that imports torch once per grading process and forks the
+sandboxed kernels, so that a kernel's start no longer includes ``import torch``.
 Tests run in the grader's process, against the kernel through proxies, as in a real run. The limits
 are calibrated on the lab, as the ``grade`` command does: once into an empty cache, then from the cache.
 """
@@ -63,6 +65,22 @@ def kernel_overhead(repeats: int, limits: Limits) -> tuple[float, float, float]:
         spawns.append(t1 - t0)
         connects.append(t2 - t1)
     return sum(spawns) / repeats, sum(connects) / repeats, sum(cpus) / repeats
+
+
+def zygote_start() -> tuple[float, float] | None:
+    """Wall and CPU seconds for one zygote to be ready (imports done): paid once per grading process."""
+    from cnncourse.grading import zygote
+    from cnncourse.grading.cputime import tree_cpu_seconds
+    from cnncourse.grading.kernel import kernel_env
+
+    if not zygote.available():
+        return None
+    t0 = time.perf_counter()
+    z = zygote.Zygote(kernel_env())
+    z.wait_ready(120)
+    wall, cpu = time.perf_counter() - t0, tree_cpu_seconds(z.process.pid)
+    z.close()
+    return wall, cpu
 
 
 def cpu_now() -> float:
@@ -137,6 +155,10 @@ def main() -> None:
         mean = {k: sum(r[k] for r in rs) / len(rs) for k in rs[0]}
         print(f"  --jobs {jobs} prestart {'on ' if prestart else 'off'}: {mean['fixed']:5.2f} s fixed, "
               f"{mean['rate']:5.1f} subs/min, load {mean['load']:.1f}")
+    started = zygote_start()
+    if started is not None:
+        print(f"one zygote (once per grading process: --jobs N starts N, and each worker process imports torch too): "
+              f"{started[0]:.2f} s wall, {started[1]:.2f} s CPU until ready")
     print(f"one kernel alone: spawn {spawn:.2f} s + until the agent is connected {connect:.2f} s "
           f"= {spawn + connect:.2f} s wall, {cpu:.2f} s CPU; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
