@@ -161,6 +161,17 @@ def _spawn(conn: socket.socket, request: dict[str, Any]) -> None:
         os._exit(0)
 
 
+def _read_line(conn: socket.socket) -> bytes:
+    """One newline-ended message (or what came before the peer closed)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def _reap(signum: int, frame: Any) -> None:
     """Reap every ended child (the forked helpers and the kernels re-parented here)."""
     while True:
@@ -196,12 +207,7 @@ def serve(path: str) -> None:
     while True:
         conn, _ = server.accept()
         with conn:
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = _read_line(conn)
             try:
                 request = json.loads(data)
             except ValueError:
@@ -247,12 +253,7 @@ class Zygote:
                 conn.settimeout(timeout)
                 conn.connect(self.path)
                 conn.sendall(json.dumps({**request, "holder": holder}).encode() + b"\n")
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
+                data = _read_line(conn)
             reply = json.loads(data or b"{}")
         except (OSError, ValueError, RuntimeError) as exc:
             reply = {"error": f"{type(exc).__name__}: {exc}"}
