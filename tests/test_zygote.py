@@ -7,6 +7,7 @@ grader sees from outside (CPU time, death, kill) and that the zygote is really u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -21,7 +22,9 @@ pytestmark = pytest.mark.skipif(not (sandbox.available() and zygote.available())
                                 reason="needs bubblewrap and the right to enter namespaces (root)")
 
 
-def _kernel(tmp_path, **env):
+@contextlib.contextmanager
+def _kernel(tmp_path):
+    """A sandboxed kernel as the grader starts one, connected; killed afterwards."""
     from cnncourse.grading.autograde import Limits
     from cnncourse.grading.kernel import Kernel
 
@@ -30,8 +33,14 @@ def _kernel(tmp_path, **env):
     (subs / "ada.ipynb").write_text("{}")
     hide = sandbox.hidden_paths(LAB00, subs / "ada.ipynb", [subs])
     kernel = Kernel(Limits(sandbox=True, memory_mb=4096), None, None, hide)
-    channel = kernel.connect(120)
-    return kernel, channel
+    try:
+        channel = kernel.connect(120)
+        try:
+            yield kernel
+        finally:
+            channel.sock.close()
+    finally:
+        kernel.kill()
 
 
 def _run(kernel, source, timeout=60):
@@ -43,8 +52,7 @@ def _run(kernel, source, timeout=60):
 @pytest.mark.timeout(300)
 def test_a_forked_kernel_sees_what_a_fresh_sandboxed_one_sees(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNCOURSE_SECRET", "do-not-leak")
-    kernel, channel = _kernel(tmp_path)
-    try:
+    with _kernel(tmp_path) as kernel:
         assert kernel.forked
         probe = PROBE.replace("print(json.dumps(out))", "open('probe.json', 'w').write(json.dumps(out))")
         argv = [str(LAB00), str(tmp_path / "subs" / "ada.ipynb"), str(tmp_path / "subs")]
@@ -68,17 +76,13 @@ def test_a_forked_kernel_sees_what_a_fresh_sandboxed_one_sees(tmp_path, monkeypa
         secret, tmpdir, caps = json.loads((work / "env.json").read_text())
         assert secret is None and tmpdir == str(work.resolve())
         assert caps == ["0000000000000000"] * 3 + ["1"], caps                # nothing to regain
-    finally:
-        channel.sock.close()
-        kernel.kill()
 
 
 @pytest.mark.timeout(300)
 def test_the_grader_meters_kills_and_sees_the_death_of_a_forked_kernel(tmp_path):
     from nbclient.exceptions import DeadKernelError
 
-    kernel, channel = _kernel(tmp_path)
-    try:
+    with _kernel(tmp_path) as kernel:
         start = kernel.meter.read()
         assert start < 2.0, f"a forked kernel imports nothing at start; it used {start:.2f} s of CPU"
         _run(kernel, "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0:\n    pass")
@@ -88,24 +92,17 @@ def test_the_grader_meters_kills_and_sees_the_death_of_a_forked_kernel(tmp_path)
         kernel_pid = kernel.meter.extra[0]
         time.sleep(0.5)
         assert _pids_with("4242.1"), "the forked child should be running"
-    finally:
-        channel.sock.close()
-        kernel.kill()
     for _ in range(100):
         if not _pids_with("4242.1") and not Path(f"/proc/{kernel_pid}").exists():
             break
         time.sleep(0.1)
     assert not _pids_with("4242.1") and not Path(f"/proc/{kernel_pid}").exists()
 
-    kernel, channel = _kernel(tmp_path)
-    try:
+    with _kernel(tmp_path) as kernel:
         t0 = time.monotonic()
         with pytest.raises(DeadKernelError):  # seen while the cell runs, not at the cell's time limit
             kernel.run("import os\nos._exit(3)", 120)
         assert time.monotonic() - t0 < 30 and not kernel.alive()
-    finally:
-        channel.sock.close()
-        kernel.kill()
 
 
 def _pids_with(marker: str) -> list[int]:
@@ -123,13 +120,9 @@ def _pids_with(marker: str) -> list[int]:
 @pytest.mark.timeout(300)
 def test_without_the_zygote_kernels_start_fresh(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNCOURSE_NO_ZYGOTE", "1")
-    kernel, channel = _kernel(tmp_path)
-    try:
+    with _kernel(tmp_path) as kernel:
         assert not kernel.forked and not kernel.meter.extra
         _run(kernel, "x = 1")
-    finally:
-        channel.sock.close()
-        kernel.kill()
 
 
 @pytest.mark.timeout(300)
@@ -140,10 +133,6 @@ def test_a_zygote_that_cannot_fork_a_kernel_leaves_kernels_to_start_fresh(tmp_pa
     with pytest.raises(zygote.SpawnError, match="setns|No such file"):
         zygote.shared(kernel_env()).spawn(2**22 + 12345, {})   # no such process: its sandbox cannot be entered
     assert not zygote.available()
-    kernel, channel = _kernel(tmp_path)
-    try:
+    with _kernel(tmp_path) as kernel:
         assert not kernel.forked
         _run(kernel, "x = 1")
-    finally:
-        channel.sock.close()
-        kernel.kill()

@@ -118,13 +118,15 @@ class Kernel:
             from cnncourse.grading import zygote
 
             self.forked = zygote.available()
+            # The forked kernel writes its PID here; the holder waits for it, then for its end.
+            self.pidfile = os.path.join(os.path.realpath(self.sockets), "kernel.pid")
             self.km = sandbox.kernel_manager(
                 sandbox.bwrap_prefix(self.workdir, self.sockets, hide),
                 kernel_name="python3",
                 transport="ipc",
                 ip=os.path.join(self.sockets, "k"),
                 connection_file=os.path.join(self.sockets, "kernel.json"),
-                holder=[*zygote.HOLDER, os.path.join(self.sockets, "kernel.pid")] if self.forked else None,
+                holder=[*zygote.HOLDER, self.pidfile] if self.forked else None,
             )
         self.reply: dict[str, Any] = {}
         self.client = Client(
@@ -178,7 +180,7 @@ class Kernel:
             "workdir": os.path.realpath(self.workdir),
             "argv": argv,
             "memory_mb": limits.memory_mb,
-            "pidfile": os.path.join(os.path.realpath(self.sockets), "kernel.pid"),
+            "pidfile": self.pidfile,
         }
         return zygote.shared(kernel_env()).spawn(zygote.holder_pid(self.process.pid), request)
 

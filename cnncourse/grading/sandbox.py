@@ -209,7 +209,8 @@ def _matplotlib_home(workdir: Path) -> str:
         import matplotlib
 
         for cache in Path(matplotlib.get_cachedir()).glob("fontlist-*.json"):
-            shutil.copy(cache, home / cache.name)
+            if not (home / cache.name).exists():  # copied once per kernel (bwrap's --setenv and a forked kernel's)
+                shutil.copy(cache, home / cache.name)
     except Exception:  # noqa: BLE001  (no cache to copy: matplotlib rebuilds it)
         pass
     return str(home)
