@@ -18,7 +18,9 @@ sandbox by killing ``bwrap``, as before.
 What a forked kernel shares with the zygote is its memory at the time of the fork: the
 imported modules. The zygote runs with the kernel's environment (no course secret), never
 runs student code, and never holds a submission: it forks before the kernel learns
-anything. Every file descriptor but the standard three is closed in the kernel.
+anything. Its heap may still hold earlier requests: folder paths of other kernels (hidden by their
+sandboxes), never a connection key (each kernel reads its own connection file after the fork).
+Every file descriptor but the standard three is closed in the kernel.
 
 Needs Linux, and the right to enter namespaces (root, like bubblewrap here); where that is
 missing, :func:`available` is false and kernels start fresh.
