@@ -41,3 +41,13 @@ def test_lab_states_its_measured_quick_time(lab):
     assert int(found[1]) < QUICK_LIMIT_S, f"{lab.name}: QUICK mode took {found[1]} s, the limit is {QUICK_LIMIT_S} s"
     assert "parameters" in params["metadata"].get("tags", []), f"{lab.name}: the settings cell is not tagged parameters"
     assert re.search(r"^QUICK = True$", "".join(params["source"]), re.M), f"{lab.name}: QUICK is not on by default"
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_lab_asks_for_at_most_one_thread(lab):
+    """torch's default uses every core in a notebook, and the grader gives each kernel one thread. A lab that asks
+    for two anyway runs two threads per kernel when grading with --jobs 2 or the mutant suite: they spin-wait
+    beside the other worker (lab03's training took twice as long)."""
+    code = "".join("".join(c["source"]) for c in json.loads(lab.read_text())["cells"] if c["cell_type"] == "code")
+    asked = re.findall(r"set_num_threads\(([^)]*)\)", code)
+    assert all(a.strip() == "1" for a in asked), f"{lab.name} calls torch.set_num_threads({', '.join(asked)})"
