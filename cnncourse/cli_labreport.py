@@ -1,7 +1,8 @@
 """``python -m cnncourse lab-report labs/``: per lab, its graded questions, their mutants and the kill rate.
 
 Without ``--no-run`` each lab's mutant suite runs through the grader (see
-:mod:`cnncourse.grading.mutants`), which takes minutes; ``--no-run`` only counts mutants.
+:mod:`cnncourse.grading.mutants`), ``--jobs`` labs at a time (2 by default), which takes minutes;
+``--no-run`` only counts mutants.
 """
 
 from __future__ import annotations
@@ -18,33 +19,40 @@ def _labs(paths: list[str]) -> list[Path]:
     return out
 
 
+def _show(lab: str, result) -> None:  # noqa: ANN001  (a MutantResult; module level, so workers can receive it)
+    print(f"  {lab:<24} {result.status:<10} {result.seconds:5.1f} s  {result.describe()}", flush=True)
+
+
 def _cmd_lab_report(args: argparse.Namespace) -> int:
     from cnncourse.grading.autograde import load_lab
-    from cnncourse.grading.mutants import MutantFileError, load_mutants, mutant_file, run_suite
+    from cnncourse.grading.mutants import MutantFileError, load_mutants, mutant_file, run_suites
 
     labs = _labs(args.labs)
     if not labs:
         print(f"error: no labs (lab*.ipynb) found in {', '.join(args.labs)}", file=sys.stderr)
         return 2
-    total_mutants = total_killed = 0
-    complete = True
+    found = {}
     for lab_path in labs:
-        lab = load_lab(lab_path)
         toml = mutant_file(lab_path, args.mutants)
         try:
-            mutants = load_mutants(toml, lab_path) if toml.is_file() else []
+            found[lab_path] = (toml, load_mutants(toml, lab_path) if toml.is_file() else [])
         except MutantFileError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    suites = {}
+    if not args.no_run:
+        suites = run_suites([p for p, (_, m) in found.items() if m], jobs=args.jobs,
+                            progress=_show if args.verbose else None, tests_dir=args.mutants)  # fmt: skip
+    total_mutants = total_killed = 0
+    complete = True
+    for lab_path, (toml, mutants) in found.items():
+        lab = load_lab(lab_path)
         killed: dict[str, int] = {}
         note = ""
-        if mutants and not args.no_run:
-            show = (
-                (lambda r: print(f"  {r.status:<10} {r.seconds:5.1f} s  {r.describe()}", flush=True))
-                if args.verbose
-                else None
-            )
-            suite = run_suite(lab_path, mutants, progress=show)
+        suite = suites.get(lab_path.stem)
+        if isinstance(suite, Exception):
+            note, complete = f", SUITE FAILED: {type(suite).__name__}: {suite}", False
+        elif suite is not None:
             for r in suite.results:
                 killed[r.mutant.question] = killed.get(r.mutant.question, 0) + (r.status == "killed")
             note = f", {suite.seconds:.0f} s" + ("" if suite.reference_ok else ", REFERENCE LOSES POINTS")
@@ -78,4 +86,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--mutants", default=None, help="folder of <lab>.toml mutant files (default: tests/labs)")
     r.add_argument("--no-run", action="store_true", help="only count the mutants (fast); do not grade them")
     r.add_argument("--verbose", action="store_true", help="print each mutant's result as it is known")
+    r.add_argument("--jobs", type=int, default=2, help="labs graded at a time, one process each (default: 2)")
     r.set_defaults(func=_cmd_lab_report)

@@ -9,12 +9,11 @@ processes (the machine has two cores), started once for the whole module.
 from __future__ import annotations
 
 import textwrap
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from cnncourse.grading.mutants import MutantFileError, load_mutants, mutated_source, run_suite
+from cnncourse.grading.mutants import MutantFileError, load_mutants, mutated_source, run_suite, run_suites
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted((ROOT / "tests" / "labs").glob("*.toml"))
@@ -29,19 +28,7 @@ def suites(request):
     """
     selected = {item.callspec.params["toml"] for item in request.session.items
                 if getattr(item, "originalname", "") == "test_every_mutant_is_killed_and_the_reference_scores_full_marks"}
-    # Longest first, so that no long lab starts last while the other worker idles: a lab's cost grows
-    # with its mutants (the labs with the most also train in their reference run).
-    by_cost = sorted(selected, key=lambda f: -f.read_text(encoding="utf-8").count("[[mutant]]"))
-    labs = [ROOT / "labs" / f"{f.stem}.ipynb" for f in by_cost]
-    with ProcessPoolExecutor(max_workers=2) as pool:
-        futures = {lab.stem: pool.submit(run_suite, lab) for lab in labs}
-        out = {}
-        for name, future in futures.items():
-            try:
-                out[name] = future.result()
-            except Exception as exc:  # noqa: BLE001  (reported by the lab's own test)
-                out[name] = exc
-    return out
+    return run_suites([ROOT / "labs" / f"{f.stem}.ipynb" for f in selected], jobs=2)
 
 
 @pytest.mark.mutants
@@ -124,9 +111,9 @@ def test_loader_accepts_a_good_file_and_the_snippet_is_reindented(tmp_path):
     ("model.weight[0] = 1", {"model"}),
 ])
 def test_a_cell_reads_only_the_names_it_does_not_bind_first(source, reads):
-    from cnncourse.grading.mutants import _names
+    from cnncourse.grading.dataflow import cell_names
 
-    assert _names(source)[1] == reads
+    assert cell_names(source)[1] == reads
 
 
 def test_a_cell_that_rebinds_a_loop_variable_does_not_pull_in_the_training_cell():
@@ -134,7 +121,7 @@ def test_a_cell_that_rebinds_a_loop_variable_does_not_pull_in_the_training_cell(
     mutant must re-run the grad-norms cell, not the training (which once made each such mutant take a minute)."""
     from types import SimpleNamespace
 
-    from cnncourse.grading.mutants import _dependants
+    from cnncourse.grading.dataflow import dependants
 
     def test(grade_id, code):
         return ("test", SimpleNamespace(grade_id=grade_id, public=code, hidden=""))
@@ -148,9 +135,9 @@ def test_a_cell_that_rebinds_a_loop_variable_does_not_pull_in_the_training_cell(
         ("student", (5, "norms = {}\nfor name in ('a', 'b'):\n    norms[name] = grad(Net(Block), x)")),
         test("test_norms", "check(norms, grad(Net(Block), x))"),
     ]
-    assert _dependants(steps, 0, "test_block") == [1, 5, 6]
+    assert dependants(steps, 0, "test_block") == [1, 5, 6]
     steps[5] = ("student", (5, "norms = {}\nnorms[name] = grad(Net(Block), x)"))  # reads the training's `name`
-    assert _dependants(steps, 0, "test_block") == [1, 3, 5, 6]
+    assert dependants(steps, 0, "test_block") == [1, 3, 5, 6]
 
 
 @pytest.mark.timeout(300)

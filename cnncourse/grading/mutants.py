@@ -36,7 +36,6 @@ restarts it (and replays the reference) without affecting the others.
 
 from __future__ import annotations
 
-import ast
 import copy
 import os
 import re
@@ -49,6 +48,7 @@ from typing import Any
 
 import nbformat
 
+from cnncourse.grading.dataflow import dependants
 from cnncourse.grading.release import BEGIN_SOLUTION, find_regions
 
 try:
@@ -237,76 +237,6 @@ def apply_mutant(nb: nbformat.NotebookNode, mutant: Mutant) -> nbformat.Notebook
     return out
 
 
-def _loads(node: ast.AST) -> set[str]:
-    """Names ``node`` reads, less the variables of its comprehensions (they live in their own scope)."""
-    loads = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    local = {
-        n.id
-        for c in ast.walk(node)
-        if isinstance(c, ast.comprehension)
-        for n in ast.walk(c.target)
-        if isinstance(n, ast.Name)
-    }
-    return loads - local
-
-
-def _stores(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del))}
-
-
-def _free(statements: list[ast.stmt], bound: set[str]) -> set[str]:
-    """Names that ``statements`` read before binding them themselves, in execution order (``bound`` grows).
-
-    Exact for straight-line assignments and ``for`` loops (what lab cells are made of); everything else
-    (a function body, a branch, a ``with``) counts every name it reads as free, which can only re-run more.
-    """
-    free: set[str] = set()
-    for s in statements:
-        if isinstance(s, (ast.Assign, ast.AnnAssign)):
-            targets = s.targets if isinstance(s, ast.Assign) else [s.target]
-            free |= (_loads(s.value) if s.value is not None else set()) - bound
-            for t in targets:  # x[i] = ... and x.a = ... read x
-                free |= _loads(t) - bound
-                bound |= _stores(t)
-        elif isinstance(s, ast.AugAssign):  # x += v reads x
-            free |= (_loads(s.value) | _stores(s.target) | _loads(s.target)) - bound
-            bound |= _stores(s.target)
-        elif isinstance(s, ast.For):
-            free |= (_loads(s.iter) | _loads(s.target)) - bound
-            bound |= _stores(s.target)
-            free |= _free(s.body + s.orelse, bound)
-        elif isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            free |= _loads(s) - bound
-            bound.add(s.name)
-        elif isinstance(s, (ast.Import, ast.ImportFrom)):
-            bound |= {(a.asname or a.name).split(".")[0] for a in s.names}
-        else:
-            free |= _loads(s) - bound
-            bound |= _stores(s)
-    return free
-
-
-def _names(source: str) -> tuple[set[str], set[str]]:
-    """(names a cell defines at top level, names it reads from earlier cells) from its ``ast``; empty for bad syntax.
-
-    A name the cell binds before reading it (a loop variable, ``x = ...`` then ``f(x)``) is not read from an
-    earlier cell, so a mutation of that name elsewhere does not reach this cell through it.
-    """
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return set(), set()
-    defined = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            defined.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            pass  # re-running an import binds the same object: it changes nothing downstream
-        else:
-            defined |= _stores(node)
-    return defined, _free(tree.body, set())
-
-
 class _Session:
     """One kernel running a lab's plan through the grader's code; re-runs steps on demand."""
 
@@ -382,37 +312,6 @@ class _Session:
         self.kernel = self.channel = None
 
 
-def _dependants(steps: list, start: int, question: str) -> list[int]:
-    """Positions after ``start`` to re-run: the mutant's question, the later tests that use a name the mutated
-    cell defines, and the student cells that those tests need to see the mutation.
-
-    A test that sees the mutation only through a later student cell (a model trained with the mutated
-    function, numbers computed from it) is not re-run: it depends on this answer by design, and re-running
-    it would mean re-running that cell (the training) for every mutant."""
-    info = []
-    for kind, item in steps:
-        source = item[1] if kind == "student" else item.public + "\n" + item.hidden
-        info.append(_names(source))
-    reach = set(info[start][0])
-    affected = []
-    for pos in range(start + 1, len(steps)):
-        kind, item = steps[pos]
-        defined, reads = info[pos]
-        if reads & reach or (kind == "test" and item.grade_id == question):
-            affected.append(pos)
-            if kind == "student":
-                reach |= defined
-    direct = info[start][0]
-    tests = [p for p in affected if steps[p][0] == "test" and (steps[p][1].grade_id == question or info[p][1] & direct)]
-    needed = set().union(*(info[p][1] for p in tests)) if tests else set()
-    keep = set(tests)
-    for pos in reversed(affected):
-        if steps[pos][0] == "student" and info[pos][0] & needed and any(t > pos for t in tests):
-            keep.add(pos)
-            needed |= info[pos][1]
-    return sorted(keep)
-
-
 def run_suite(
     lab_path: str | os.PathLike,
     mutants: list[Mutant] | None = None,
@@ -451,13 +350,13 @@ def run_suite(
         plans = {g: [position[cells[g][0]]] for g in groups}
         for g, ms in groups.items():
             for m in ms:
-                plans[g] = sorted(set(plans[g]) | set(_dependants(steps, plans[g][0], m.question)))
+                plans[g] = sorted(set(plans[g]) | set(dependants(steps, plans[g][0], m.question)))
         order = sorted(groups, key=lambda g: sum(session.cost.get(p, 0) for p in plans[g]))
         for gi, g in enumerate(order):
             start = plans[g][0]
             for m in groups[g]:
                 ts = time.monotonic()
-                todo = [start] + _dependants(steps, start, m.question)
+                todo = [start] + dependants(steps, start, m.question)
                 source = mutated_source(steps[start][1][1], m.region, m.code)
                 try:
                     got = session.run_steps(todo, {start: source}, limit=600)
@@ -481,3 +380,39 @@ def run_suite(
         session.close()
         torch.set_num_threads(threads)
     return SuiteResult(lab.name, points, reference, results, time.monotonic() - t0)
+
+
+def run_suites(
+    labs: list[Path], jobs: int = 2, progress: Any = None, tests_dir: str | os.PathLike | None = None
+) -> dict[str, SuiteResult | Exception]:
+    """:func:`run_suite` for each lab, ``jobs`` labs at a time, keyed by the lab's file stem.
+
+    Each lab runs in a worker process of its own (its kernel has one thread); the labs with the most mutants
+    start first, so that no long lab starts last while the other worker idles. A lab whose suite raises maps to
+    that exception. ``progress``, if given, is called with ``(lab stem, MutantResult)``; with ``jobs > 1`` it
+    must be a module-level function (it is sent to the workers). ``tests_dir`` is the folder of the mutant
+    files (see :func:`mutant_file`).
+    """
+    import contextlib
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    def hook(lab: Path) -> Any:
+        return partial(progress, lab.stem) if progress else None
+
+    out: dict[str, SuiteResult | Exception] = {}
+    found: dict[Path, list[Mutant]] = {}
+    for lab in labs:
+        try:
+            found[lab] = load_mutants(mutant_file(lab, tests_dir), lab)
+        except (OSError, MutantFileError) as exc:
+            out[lab.stem] = exc
+    order = sorted(found, key=lambda lab: -len(found[lab]))
+    with ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else contextlib.nullcontext() as pool:
+        futures = {lab: pool.submit(run_suite, lab, found[lab], progress=hook(lab)) for lab in order} if pool else {}
+        for lab in order:
+            try:
+                out[lab.stem] = futures[lab].result() if pool else run_suite(lab, found[lab], progress=hook(lab))
+            except Exception as exc:  # noqa: BLE001  (the caller reports it with the lab's name)
+                out[lab.stem] = exc
+    return out
