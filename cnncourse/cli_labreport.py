@@ -41,6 +41,9 @@ def _cmd_lab_report(args: argparse.Namespace) -> int:
             return 2
     suites = {}
     if not args.no_run:
+        graded = sum(bool(m) for _, m in found.values())
+        print(f"grading the mutants of {graded} lab(s), {max(args.jobs, 1)} at a time: minutes for a whole course"
+              f"{'' if args.verbose else ' (--verbose shows each mutant as it is graded)'}", flush=True)  # fmt: skip
         suites = run_suites([p for p, (_, m) in found.items() if m], jobs=args.jobs,
                             progress=_show if args.verbose else None, tests_dir=args.mutants)  # fmt: skip
     total_mutants = total_killed = 0
