@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cnncourse.grading.mutants import MutantResult
 
 
 def _labs(paths: list[str]) -> list[Path]:
@@ -19,7 +23,8 @@ def _labs(paths: list[str]) -> list[Path]:
     return out
 
 
-def _show(lab: str, result) -> None:  # noqa: ANN001  (a MutantResult; module level, so workers can receive it)
+def _show(lab: str, result: MutantResult) -> None:
+    """Print one mutant's result (module level, so that the suite's worker processes can receive it)."""
     print(f"  {lab:<24} {result.status:<10} {result.seconds:5.1f} s  {result.describe()}", flush=True)
 
 

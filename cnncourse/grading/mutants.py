@@ -26,9 +26,9 @@ that neither called ``course_seed`` nor drew from the grader's seeded generator 
 under every secret, so it runs once and its score stands for all).
 Then, per mutant, only the mutated solution cell is executed again, followed by its question,
 the later tests that use a name the mutated cell defines, and the later student cells that those
-tests need (names followed through the cells' ``ast``); a test that uses none of them sees the
-reference's objects, or sees the mutation only through a student cell computed from it (a
-trained model: it depends on this answer by design), so it is not re-run. Mutants of the same cell
+tests need (names followed through the cells' ``ast`` by :mod:`cnncourse.grading.dataflow`); a test
+that uses none of them sees the reference's objects, or sees the mutation only through a student cell
+computed from it (a trained model: it depends on this answer by design), so it is not re-run. Mutants of the same cell
 share one restore, which re-runs the reference cell and the cells the mutants re-ran; the
 most expensive group goes last and is never restored. A mutant that kills the kernel
 restarts it (and replays the reference) without affecting the others.
